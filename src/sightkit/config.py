@@ -1,0 +1,172 @@
+"""Typed configs: dataclass defaults, overridden by a YAML file, overridden by ``key=value``.
+
+Every command-line mode describes its settings as a dataclass whose fields carry a
+``help`` text in their metadata::
+
+    @dataclass
+    class SynthConfig:
+        out: str = field(default="runs/data/shapes", metadata={"help": "output folder"})
+        images: int = field(default=200, metadata={"help": "number of images"})
+
+    cfg = build_config(SynthConfig, ["images=50", "out=/tmp/x"])
+
+Values are parsed as YAML scalars (``yaml.safe_load``), never ``eval``-ed, and checked
+against the field's type. ``config=FILE.yaml`` loads a mapping whose values the other keys
+override. An unknown key is an error that suggests the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting that does not exist, cannot be parsed, or has the wrong type."""
+
+
+def parse_pairs(tokens: Sequence[str]) -> dict[str, str]:
+    """Split ``["a=1", "b=x"]`` into ``{"a": "1", "b": "x"}``; a token without ``=`` is an error."""
+    pairs: dict[str, str] = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {token!r}")
+        if key in pairs:
+            raise ConfigError(f"key {key!r} is given twice")
+        pairs[key] = value
+    return pairs
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, valid: Sequence[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return ConfigError(f"unknown key {key!r}{where}{hint}")
+
+
+def _coerce(key: str, value: Any, hint: Any, raw: str | None) -> Any:
+    """Check ``value`` (already YAML-parsed; ``raw`` is its text when it came from the
+    command line) against the type ``hint`` and convert where it is lossless."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg, raw)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+    if origin in (list, tuple):
+        if isinstance(value, str) and raw is not None:
+            value = yaml.safe_load(raw)
+        if not isinstance(value, list | tuple):
+            value = [value]
+        (item_hint, *_) = typing.get_args(hint) or (Any,)
+        items = [_coerce(key, v, item_hint, None) for v in value]
+        return tuple(items) if origin is tuple else items
+    if hint is Any:
+        return value
+    if hint is str:
+        return raw if raw is not None else ("" if value is None else str(value))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {raw if raw is not None else value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {raw if raw is not None else value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {raw if raw is not None else value!r}")
+    if isinstance(hint, type) and isinstance(value, hint):
+        return value
+    raise ConfigError(f"{key} must be of type {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def build_config(cls: type[T], tokens: Sequence[str] = (), **defaults: Any) -> T:
+    """Build a ``cls`` dataclass from its defaults, ``defaults`` (set by the caller), a YAML
+    file named by ``config=...`` and the ``key=value`` tokens, in increasing priority."""
+    pairs = parse_pairs(tokens)
+    fields = _fields(cls)
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in defaults.items():
+        if key not in fields:
+            raise _unknown_key(key, list(fields), "")
+        values[key] = value
+    config_path = pairs.pop("config", None)
+    if config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of key: value, got {type(loaded).__name__}")
+        for key, value in loaded.items():
+            if key not in fields:
+                raise _unknown_key(str(key), list(fields), f" in {path}")
+            values[key] = _coerce(key, value, hints[key], None)
+    for key, raw in pairs.items():
+        if key not in fields:
+            raise _unknown_key(key, [*fields, "config"], "")
+        try:
+            parsed = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{key}: cannot parse {raw!r} ({error.__class__.__name__})") from None
+        values[key] = _coerce(key, parsed, hints[key], raw)
+    return cls(**values)
+
+
+def config_help(cls: type) -> str:
+    """One line per key: name, type, default and the ``help`` text of its field."""
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        )
+        type_name = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        lines.append(f"  {f.name}={default!s:<24} {type_name:<10} {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def save_config(config: object, path: str | Path) -> None:
+    """Write the resolved config as YAML (tuples as lists), so that ``config=path`` reproduces it."""
+    data = dataclasses.asdict(config)  # type: ignore[call-overload]
+    text = yaml.safe_dump(_plain(data), sort_keys=False)
+    Path(path).write_text(text)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
