@@ -1,0 +1,7 @@
+"""Datasets and data tools: COCO and Pascal VOC readers, transforms, collation, synthetic
+datasets, dataset checking."""
+
+from sightkit._api import build_namespace
+from sightkit.data import check, voc  # noqa: F401  (imported for their @export declarations)
+
+__all__ = build_namespace(__name__, globals())
