@@ -1,6 +1,9 @@
 """Pure tensor functions: box conversion and the IoU family, NMS variants, matching."""
 
 from sightkit._api import build_namespace
-from sightkit.ops import boxes  # noqa: F401  (imported for its @export declarations)
+from sightkit.ops import (
+    boxes,  # noqa: F401  (imported for its @export declarations)
+    matching,  # noqa: F401
+)
 
 __all__ = build_namespace(__name__, globals())
