@@ -2,6 +2,6 @@
 datasets, dataset checking."""
 
 from sightkit._api import build_namespace
-from sightkit.data import check, voc  # noqa: F401  (imported for their @export declarations)
+from sightkit.data import check, coco, collate, synthetic, transforms, voc  # noqa: F401  (for their @export declarations)
 
 __all__ = build_namespace(__name__, globals())

@@ -1,0 +1,79 @@
+"""Collation of detection samples: pad images of different sizes into one batch tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from sightkit._api import export
+
+
+@export("data.DetectionBatch")
+class DetectionBatch(NamedTuple):
+    """A padded batch.
+
+    Attributes:
+        images: ``[B, C, H, W]``, each image at the top-left, zeros elsewhere; ``H, W`` the
+            largest height and width in the batch, rounded up to ``size_divisible``.
+        padding_mask: bool ``[B, H, W]``, True on padding (DETR's mask).
+        targets: one target dict per image, as the dataset and transforms gave them.
+        image_sizes: int64 ``[B, 2]``, ``(h, w)`` of each image before padding.
+        skipped: samples left out because the dataset returned ``None`` for them (bad
+            images with ``on_error="skip"``).
+    """
+
+    images: Tensor
+    padding_mask: Tensor
+    targets: list[dict[str, Any]]
+    image_sizes: Tensor
+    skipped: int
+
+
+@export("data.collate_detection")
+def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Any]] | None], size_divisible: int = 1) -> DetectionBatch:
+    """Pad ``(image [C, H, W], target)`` samples into a :class:`DetectionBatch`.
+
+    ``None`` samples (skipped bad images) are dropped and counted. For a ``DataLoader`` with
+    padding to a multiple of 32: ``collate_fn=functools.partial(collate_detection,
+    size_divisible=32)`` (picklable, so it works with worker processes).
+    """
+    if size_divisible < 1:
+        raise ValueError(f"size_divisible must be >= 1, got {size_divisible}")
+    samples = [sample for sample in batch if sample is not None]
+    skipped = len(batch) - len(samples)
+    if not samples:
+        return DetectionBatch(
+            torch.zeros(0, 3, 0, 0),
+            torch.zeros(0, 0, 0, dtype=torch.bool),
+            [],
+            torch.zeros(0, 2, dtype=torch.int64),
+            skipped,
+        )
+    images = []
+    for i, sample in enumerate(samples):
+        if not isinstance(sample, tuple | list) or len(sample) != 2:
+            raise TypeError(f"batch[{i}] must be an (image, target) pair, got {type(sample).__name__}")
+        image = sample[0]
+        if not isinstance(image, Tensor) or image.ndim != 3:
+            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"batch[{i}] image must be a [C, H, W] tensor, got {shape}")
+        images.append(image.as_subclass(Tensor))
+    first = images[0]
+    for i, image in enumerate(images):
+        if image.shape[0] != first.shape[0] or image.dtype != first.dtype:
+            raise ValueError(
+                f"batch[{i}] image is {image.shape[0]} channels of {image.dtype}, but batch[0] is "
+                f"{first.shape[0]} channels of {first.dtype}; all images in a batch must agree"
+            )
+    sizes = torch.tensor([image.shape[-2:] for image in images], dtype=torch.int64)
+    height, width = (-(-sizes.max(0).values // size_divisible) * size_divisible).tolist()
+    padded = first.new_zeros(len(images), first.shape[0], height, width)
+    mask = torch.ones(len(images), height, width, dtype=torch.bool)
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        padded[i, :, :h, :w] = image
+        mask[i, :h, :w] = False
+    return DetectionBatch(padded, mask, [sample[1] for sample in samples], sizes, skipped)

@@ -1,0 +1,3 @@
+"""Synthetic datasets with exact labels, written in real formats: shapes, people, faces."""
+
+from sightkit.data.synthetic import shapes  # noqa: F401  (imported for their @export declarations)
