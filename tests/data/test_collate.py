@@ -1,0 +1,73 @@
+"""Padding collation: images at the top-left, mask True on padding, targets passed through."""
+
+import functools
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from sightkit.data import collate_detection
+
+
+def _image(height: int, width: int, value: float) -> torch.Tensor:
+    return torch.full((3, height, width), value)
+
+
+def test_padding_and_mask() -> None:
+    targets = [{"image_id": 1}, {"image_id": 2}]
+    batch = collate_detection([(_image(2, 3, 1.0), targets[0]), (_image(4, 2, 2.0), targets[1])])
+    assert batch.images.shape == (2, 3, 4, 3)
+    expected_mask = torch.tensor(
+        [
+            [[0, 0, 0], [0, 0, 0], [1, 1, 1], [1, 1, 1]],
+            [[0, 0, 1], [0, 0, 1], [0, 0, 1], [0, 0, 1]],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(batch.padding_mask, expected_mask)
+    # Image pixels keep their value, padding is zero.
+    assert torch.equal(batch.images[0, 0], torch.where(expected_mask[0], 0.0, 1.0))
+    assert torch.equal(batch.images[1, 2], torch.where(expected_mask[1], 0.0, 2.0))
+    assert batch.targets == targets and batch.targets[0] is targets[0]
+    assert batch.image_sizes.tolist() == [[2, 3], [4, 2]]
+    assert batch.skipped == 0
+
+
+def test_size_divisible_rounds_up() -> None:
+    batch = collate_detection([(_image(33, 5, 1.0), {}), (_image(2, 64, 1.0), {})], size_divisible=32)
+    assert batch.images.shape == (2, 3, 64, 64)
+    assert batch.padding_mask[0].sum() == 64 * 64 - 33 * 5
+    assert batch.padding_mask[1].sum() == 64 * 64 - 2 * 64
+    single = collate_detection([(_image(32, 32, 1.0), {})], size_divisible=32)
+    assert single.images.shape == (1, 3, 32, 32) and not single.padding_mask.any()
+
+
+def test_uint8_images_stay_uint8() -> None:
+    batch = collate_detection([(torch.full((3, 1, 2), 7, dtype=torch.uint8), {})], size_divisible=4)
+    assert batch.images.dtype == torch.uint8 and batch.images.sum() == 6 * 7
+
+
+def test_skipped_samples_are_counted_and_an_all_bad_batch_is_empty() -> None:
+    batch = collate_detection([None, (_image(2, 2, 1.0), {"a": 1}), None])
+    assert batch.skipped == 2 and batch.images.shape == (1, 3, 2, 2)
+    empty = collate_detection([None, None])
+    assert empty.skipped == 2 and empty.images.shape[0] == 0 and empty.targets == []
+
+
+def test_works_in_a_data_loader() -> None:
+    samples = [(_image(h, 3, float(h)), {"h": h}) for h in (1, 2, 3, 4, 5)]
+    loader = DataLoader(samples, batch_size=2, collate_fn=functools.partial(collate_detection, size_divisible=4))
+    batches = list(loader)
+    assert [b.images.shape[-2:] for b in batches] == [(4, 4), (4, 4), (8, 4)]
+    assert [t["h"] for b in batches for t in b.targets] == [1, 2, 3, 4, 5]
+
+
+def test_bad_input_is_named() -> None:
+    with pytest.raises(ValueError, match="size_divisible must be >= 1, got 0"):
+        collate_detection([], size_divisible=0)
+    with pytest.raises(ValueError, match=r"batch\[0\] image must be a \[C, H, W\] tensor, got \(2, 2\)"):
+        collate_detection([(torch.zeros(2, 2), {})])
+    with pytest.raises(TypeError, match=r"batch\[0\] must be an \(image, target\) pair"):
+        collate_detection([torch.zeros(3, 2, 2)])
+    with pytest.raises(ValueError, match=r"batch\[1\] image is 1 channels of torch.float32, but batch\[0\] is 3"):
+        collate_detection([(_image(2, 2, 0.0), {}), (torch.zeros(1, 2, 2), {})])
