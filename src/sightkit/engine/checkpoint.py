@@ -227,8 +227,8 @@ class CheckpointManager:
 
     Every :meth:`save` rewrites ``last.pt`` atomically. With ``keep > 0`` it also keeps the
     ``keep`` most recent ``step_XXXXXXXX.pt`` snapshots (hard links to the same bytes where
-    the file system allows). When a metric value is given and improves on the best so far
-    (``mode="max"`` or ``"min"``), ``best.pt`` becomes this checkpoint.
+    the file system allows). :meth:`update_best` tracks the best metric value (``mode="max"``
+    or ``"min"``); a save marked ``is_best`` also becomes ``best.pt``.
     """
 
     def __init__(self, folder: str | Path, keep: int = 0, mode: str = "max") -> None:
@@ -241,31 +241,26 @@ class CheckpointManager:
         self.mode = mode
         self.best: float | None = None
 
-    def improves(self, value: float) -> bool:
-        """Whether ``value`` beats the best value so far (NaN never does)."""
+    def update_best(self, value: float) -> bool:
+        """Record ``value`` as the best so far if it beats it (NaN never does); True if it did."""
         if value != value:
             return False
-        if self.best is None:
-            return True
-        return value > self.best if self.mode == "max" else value < self.best
+        if self.best is not None and not (value > self.best if self.mode == "max" else value < self.best):
+            return False
+        self.best = float(value)
+        return True
 
-    def save(self, state: Mapping[str, Any], step: int, metric: float | None = None) -> bool:
-        """Write ``state`` as ``last.pt`` (and a snapshot, and ``best.pt`` if ``metric`` improves).
-
-        Returns:
-            True when ``best.pt`` was updated.
-        """
+    def save(self, state: Mapping[str, Any], step: int, is_best: bool = False) -> None:
+        """Write ``state`` as ``last.pt``, as a ``step_*.pt`` snapshot when ``keep > 0``, and as
+        ``best.pt`` when ``is_best`` (see :meth:`update_best`)."""
         last = save_checkpoint(state, self.folder / LAST)
         if self.keep > 0:
             self._link(last, self.folder / f"step_{step:08d}.pt")
             snapshots = sorted(p for p in self.folder.iterdir() if _SNAPSHOT.match(p.name))
             for old in snapshots[: -self.keep]:
                 old.unlink(missing_ok=True)
-        if metric is not None and self.improves(metric):
-            self.best = float(metric)
+        if is_best:
             self._link(last, self.folder / BEST)
-            return True
-        return False
 
     def _link(self, source: Path, target: Path) -> None:
         """Make ``target`` hold ``source``'s bytes: a hard link renamed into place (atomic),

@@ -63,14 +63,15 @@ def plot_curves(records: list[Mapping[str, Any]], path: str | Path) -> Path:
     records with ``kind="train"``), the learning rate, and the validation metrics
     (``kind="val"``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object API with the Agg canvas: no pyplot state, no GUI backend, works in any process.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    figure = Figure(figsize=(15, 4))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 3)
     panels = (
         (axes[0], train, lambda k: k not in _NOT_LOSSES and k != "lr", "training losses"),
         (axes[1], train, lambda k: k == "lr", "learning rate"),
@@ -92,8 +93,8 @@ def plot_curves(records: list[Mapping[str, Any]], path: str | Path) -> Path:
             axis.legend(fontsize="small")
         axis.grid(alpha=0.3)
     path = Path(path)
+    figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 

@@ -29,6 +29,7 @@ import dataclasses
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,7 @@ class TrainConfig:
     resume: bool | str = field(default=False, metadata=_help("true: continue OUT/last.pt; or a checkpoint path"))
     exist_ok: bool = field(default=False, metadata=_help("allow a fresh run in a non-empty out folder"))
     progress: bool = field(default=True, metadata=_help("progress bar and log lines on rank 0"))
+    plot: bool = field(default=True, metadata=_help("write curves.png at the end"))
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -413,14 +415,14 @@ class Trainer:
             _seed_everything(self.config.seed + self.context.rank + 1_000_003 * self.step)
         self.log.truncate_after(self.step)
 
-    def _save(self, metric: float | None = None) -> bool:
+    def _save(self, metric: float | None = None) -> None:
+        # The best value goes into the state first, so that best.pt records itself as the best.
+        is_best = metric is not None and self.checkpoints.update_best(metric)
         state = self.state_dict()
-        improved = False
         if self.context.is_main:
-            improved = self.checkpoints.save(state, self.step, metric)
-            if improved:
+            self.checkpoints.save(state, self.step, is_best=is_best)
+            if is_best:
                 save_weights(self._eval_model(), self.out / "best.safetensors")
-        return improved
 
     # ------------------------------------------------------------------ the loop
 
@@ -502,7 +504,10 @@ class Trainer:
         else:
             self.bad_in_row += 1
             self.bad_total += 1
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped step still advances the schedule; torch warns when the first step is skipped.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
         self.step += 1
         since_swa_start = self.step - self.config.swa_start
         swa_due = since_swa_start >= 0 and since_swa_start % self.config.swa_every == 0
@@ -587,7 +592,8 @@ class Trainer:
             bar.close()
         if main:
             save_weights(self._eval_model(), self.out / "last.safetensors")
-            plot_curves(self.log.read(), self.out / "curves.png")
+            if config.plot:
+                plot_curves(self.log.read(), self.out / "curves.png")
         return dict(self.metrics)
 
     def _stop_non_finite(self, losses: Mapping[str, Tensor]) -> None:
