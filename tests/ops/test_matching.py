@@ -208,6 +208,22 @@ def test_images_without_targets() -> None:
     assert HungarianMatcher()(empty_batch, []) == []
 
 
+def test_forward_solves_cost_matrices() -> None:
+    outputs, targets = random_batch([4, 9, 0], queries=7, classes=5, seed=8)
+    matcher = HungarianMatcher(class_cost="focal")
+    for (pred_idx, tgt_idx), cost in zip(
+        matcher(outputs, targets), matcher.cost_matrices(outputs, targets), strict=True
+    ):
+        rows, cols = linear_sum_assignment(cost)
+        assert torch.equal(pred_idx, rows) and torch.equal(tgt_idx, cols)
+
+
+def test_no_queries_match_nothing() -> None:
+    outputs, targets = random_batch([3, 0], queries=0, classes=4, seed=1)
+    for pred_idx, tgt_idx in HungarianMatcher()(outputs, targets):
+        assert pred_idx.numel() == tgt_idx.numel() == 0
+
+
 def test_more_targets_than_queries_leaves_the_costliest_unmatched() -> None:
     # L1 cost only: query 0 sits on target 2, query 1 on target 0; target 1 is far from both,
     # so it is the one left out (total 0 against at least 0.8 for any pairing that uses it).
@@ -318,7 +334,7 @@ def test_malformed_inputs() -> None:
         matcher({**outputs, "pred_logits": outputs["pred_logits"].flatten(0, 1)}, targets)
     with pytest.raises(ValueError, match=r"outputs\['pred_boxes'\] must .*\[B, Q, 4\] = \[2, 5, 4\].*\(2, 4, 4\)"):
         matcher({**outputs, "pred_boxes": outputs["pred_boxes"][:, :4]}, targets)
-    with pytest.raises(TypeError, match=r"outputs\['pred_boxes'\] must be a floating-point .*got dtype torch.int64"):
+    with pytest.raises(TypeError, match=r"outputs\['pred_boxes'\] must be a floating-point tensor, got a torch.int64"):
         matcher({**outputs, "pred_boxes": outputs["pred_boxes"].long()}, targets)
     with pytest.raises(ValueError, match=r"targets must hold one dict per image, B = 2 \(from outputs\), got 1"):
         matcher(outputs, targets[:1])
@@ -327,10 +343,15 @@ def test_malformed_inputs() -> None:
     with pytest.raises(ValueError, match=r"targets\[1\] must be a dict with 'labels' and 'boxes'"):
         matcher(outputs, [targets[0], {"labels": targets[1]["labels"]}])
     bad_labels = {"labels": targets[1]["labels"].float(), "boxes": targets[1]["boxes"]}
-    with pytest.raises(ValueError, match=r"targets\[1\]\['labels'\] must be an integer tensor of shape \[T\]"):
+    with pytest.raises(ValueError, match=r"targets\[1\]\['labels'\] must be an integer .*got a torch.float32 tensor"):
+        matcher(outputs, [targets[0], bad_labels])
+    bad_labels = {"labels": targets[1]["labels"] > 0, "boxes": targets[1]["boxes"]}
+    with pytest.raises(ValueError, match=r"targets\[1\]\['labels'\] must be an integer .*got a torch.bool tensor"):
         matcher(outputs, [targets[0], bad_labels])
     bad_boxes = {"labels": targets[1]["labels"], "boxes": targets[1]["boxes"][:2]}
-    with pytest.raises(ValueError, match=r"targets\[1\]\['boxes'\] must be .* with T = 3.*got torch.float32 \(2, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"targets\[1\]\['boxes'\] must be .*T = 3.*got a torch.float32 tensor of shape \(2, 4\)"
+    ):
         matcher(outputs, [targets[0], bad_boxes])
 
 
