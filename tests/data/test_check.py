@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from PIL import Image
+from typer.testing import CliRunner
 
+from sightkit.cli.data_check import check
 from sightkit.data import check_dataset
 from sightkit.data.check import PROBLEM_KINDS
 
@@ -204,3 +207,29 @@ def test_table_lists_problems_up_to_the_limit(broken: Path) -> None:
     assert table.caption == f"{len(report.problems) - 5} more problem(s) not shown"
     assert list(table.columns[0].cells) == [p.kind for p in report.problems[:5]]
     assert report.table().row_count == len(report.problems)
+
+
+def run_check(*args: str) -> tuple[int, str]:
+    app = typer.Typer()
+    app.command()(check)
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def test_cli_exit_status_and_output(broken: Path, tmp_path: Path) -> None:
+    code, output = run_check(str(broken), "limit=3", "workers=2")
+    assert code == 1
+    assert "19 problem(s) in 8 images, 14 annotations" in output
+    assert "16 more problem(s) not shown" in output
+    assert "missing_file: an image file named in the JSON does not exist" in output
+
+    clean = tmp_path / "clean"
+    write_clean(clean)
+    code, output = run_check(str(clean / "train.json"), "decode=false")
+    assert (code, "no problems" in output, "headers read" in output) == (0, True, True)
+
+    code, output = run_check(str(clean), "limt=3")
+    assert code == 2
+    assert "unknown key 'limt'" in output and "did you mean 'limit'" in output
+    code, output = run_check(str(tmp_path / "absent"))
+    assert (code, "path not found" in output) == (2, True)

@@ -1,0 +1,63 @@
+"""``sightkit data check DIR_OR_JSON [key=value ...]``: list every problem of a COCO dataset.
+
+Exit status: 0 when the dataset is clean, 1 when problems were found, 2 when the command
+itself cannot run (a bad setting, a path that does not exist).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sightkit.config import ConfigError, build_config, config_help
+from sightkit.data.check import PROBLEM_KINDS, check_dataset
+
+
+@dataclass
+class CheckConfig:
+    images: str | None = field(
+        default=None, metadata={"help": "folder the JSON file_name values are relative to (default: found)"}
+    )
+    decode: bool = field(default=True, metadata={"help": "fully decode images to find truncation (false: headers)"})
+    workers: int = field(default=8, metadata={"help": "threads that open images"})
+    tolerance: float = field(default=0.5, metadata={"help": "pixels a box or keypoint may overshoot the image"})
+    limit: int = field(default=100, metadata={"help": "most problems listed in the table (0: all)"})
+
+
+def check(
+    path: Annotated[str, typer.Argument(help="a COCO JSON file, or a folder with annotations/*.json and images")],
+    settings: Annotated[list[str] | None, typer.Argument(help="key=value settings (listed below)")] = None,
+) -> None:
+    """Check a COCO dataset (detection or keypoints) and its images; report every problem."""
+    console = Console()
+    try:
+        config = build_config(CheckConfig, settings or [])
+        if config.limit < 0:
+            raise ConfigError(f"limit must be >= 0, got {config.limit}")
+        report = check_dataset(
+            path,
+            images=config.images,
+            decode=config.decode,
+            workers=config.workers,
+            tolerance=config.tolerance,
+        )
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+
+    for json_path, image_root in report.sources:
+        console.print(f"{json_path}: images read from {image_root}")
+    if report.ok:
+        how = "decoded" if report.decoded else "headers read"
+        console.print(f"[green]no problems[/] in {report.images} images ({how}) and {report.annotations} annotations")
+        return
+    console.print(report.table(limit=config.limit or None))
+    for kind, count in report.counts().items():
+        console.print(f"  {count:>6}  {kind}: {PROBLEM_KINDS[kind]}")
+    raise typer.Exit(1)
+
+
+check.__doc__ = f"{check.__doc__}\n\nSettings (key=value):\n\n{config_help(CheckConfig)}"
