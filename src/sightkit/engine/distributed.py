@@ -85,8 +85,11 @@ def init_distributed(device: str = "") -> DistributedContext:
 
 @export("engine.cleanup_distributed")
 def cleanup_distributed() -> None:
-    """Leave the process group if this process is in one."""
+    """Leave the process group if this process is in one, after every rank got here (a rank
+    that left early would take the rendezvous store down under the others)."""
     if dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

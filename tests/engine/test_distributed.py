@@ -1,0 +1,126 @@
+"""Distributed helpers on one process, and DDP equivalence with two real gloo processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from engine_toys import Regression, collate, criterion, make_model
+from torch import nn
+
+from sightkit.engine import (
+    TrainConfig,
+    Trainer,
+    all_gather_object,
+    all_reduce_mean,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+    per_rank_batch,
+    reduce_sum,
+    unwrap_model,
+)
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def test_helpers_are_identities_on_one_process() -> None:
+    context = init_distributed("cpu")
+    assert (context.rank, context.world_size, context.is_main, context.distributed) == (0, 1, True, False)
+    assert (get_rank(), get_world_size(), is_main_process()) == (0, 1, True)
+    x = torch.tensor([1.5, -2.0])
+    total = reduce_sum(x)
+    assert torch.equal(total, x) and total is not x  # a copy: the caller's tensor is never reduced in place
+    assert torch.equal(all_reduce_mean(torch.tensor([3, 4])), torch.tensor([3.0, 4.0], dtype=torch.float64))
+    assert all_gather_object({"a": 1}) == [{"a": 1}]
+
+
+def test_unwrap_model_removes_compile_wrappers() -> None:
+    class Compiled(nn.Module):  # what torch.compile returns: the original module in _orig_mod
+        def __init__(self, module: nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = module
+
+    model = nn.Linear(2, 2)
+    assert unwrap_model(Compiled(Compiled(model))) is model
+    assert unwrap_model(model) is model
+
+
+@pytest.mark.parametrize(
+    ("batch", "world", "accumulate", "expected"), [(8, 2, 1, 4), (8, 2, 2, 2), (12, 3, 4, 1), (5, 1, 1, 5)]
+)
+def test_per_rank_batch(batch: int, world: int, accumulate: int, expected: int) -> None:
+    assert per_rank_batch(batch, world, accumulate) == expected
+
+
+def test_world_size_that_does_not_divide_the_batch_says_what_to_change() -> None:
+    with pytest.raises(ValueError, match=r"batch=10 .* multiple of world size 4 x accumulate 1 = 4; change batch="):
+        per_rank_batch(10, 4)
+    with pytest.raises(TypeError, match=r"tensor must be a torch\.Tensor, got list"):
+        reduce_sum([1.0])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(out: Path, world: int, accumulations: list[int]) -> None:
+    """Start ``world`` worker processes with the environment ``torchrun`` would give them."""
+    port = _free_port()
+    processes = []
+    for rank in range(world):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+        command = [sys.executable, str(WORKER), str(out), *map(str, accumulations)]
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    failures = []
+    for rank, process in enumerate(processes):
+        try:
+            output, _ = process.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise
+        if process.returncode != 0:
+            failures.append(f"rank {rank} exited with {process.returncode}:\n{output.decode()[-3000:]}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path) -> None:
+    # Two gloo processes with 4 samples each per step (and 2 x 2 with accumulation and
+    # no_sync) against one process with all 8: AdamW, 4 steps, the same data order.
+    _launch(tmp_path, world=2, accumulations=[1, 2])
+    single = Trainer(
+        make_model(dropout=0),
+        criterion,
+        Regression(),
+        TrainConfig(out=str(tmp_path / "single"), steps=4, batch=8, lr=1e-2, eval_every=2, progress=False, plot=False),
+        collate_fn=collate,
+        val_data=Regression(10, seed=1),
+    )
+    metrics = single.fit()
+    expected = single.unwrapped.state_dict()
+    changed = not torch.equal(expected["0.weight"], make_model(dropout=0).state_dict()["0.weight"])
+    assert changed
+    for accumulate in (1, 2):
+        views = torch.load(tmp_path / f"acc{accumulate}" / "ranks.pt", weights_only=True)
+        assert len(views) == 2
+        for view in views:
+            for key, value in expected.items():
+                torch.testing.assert_close(view["params"][key], value, rtol=1e-5, atol=1e-6)
+            # Validation is sharded 5 + 5 and reduced: the same numbers as on one process.
+            assert view["metrics"] == pytest.approx(metrics, rel=1e-5)
+            assert (view["sum"], view["mean"]) == (3.0, 0.5)
+        # Only rank 0 wrote the run folder, and its checkpoint holds the unwrapped weights.
+        checkpoint = torch.load(tmp_path / f"acc{accumulate}" / "last.pt", weights_only=True)
+        assert checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
+        assert not any(key.startswith("module.") for key in checkpoint["model"])
