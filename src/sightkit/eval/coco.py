@@ -242,22 +242,21 @@ class CocoEvaluator:
         """
         evaluator = self._evaluated()
         precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [T, R, K]
-        if iou is None:
-            curves, what = (
-                precision.mean(axis=0),
-                f"IoU {evaluator.params.iouThrs[0]:.2f}:{evaluator.params.iouThrs[-1]:.2f}",
-            )
-            curves[(precision < 0).any(axis=0)] = -1  # a category without ground truth stays marked
-        else:
-            curves, what = precision[_at(evaluator.params.iouThrs, iou, "iou")], f"IoU {iou:.2f}"
-        names = [self.coco_gt.cats[c].get("name", str(c)) for c in evaluator.params.catIds]
+        thresholds = evaluator.params.iouThrs
         kind = "OKS" if self.iou_type == "keypoints" else "IoU"
+        if iou is None:
+            curves = precision.mean(axis=0)
+            curves[(precision < 0).any(axis=0)] = -1  # a category without ground truth stays marked
+            what = f"{kind} {thresholds[0]:.2f}:{thresholds[-1]:.2f}"
+        else:
+            curves = precision[_at(thresholds, iou, "iou")]
+            what = f"{kind} {iou:.2f}"
         return plot_precision_recall(
             curves,
             path,
-            names=names,
+            names=[self.coco_gt.cats[c].get("name", str(c)) for c in evaluator.params.catIds],
             recall_thresholds=evaluator.params.recThrs,
-            title=f"COCO {self.iou_type} precision-recall, {what.replace('IoU', kind)}",
+            title=f"COCO {self.iou_type} precision-recall, {what}",
         )
 
     def _evaluated(self) -> COCOeval_faster:
