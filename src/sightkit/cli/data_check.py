@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from sightkit.config import ConfigError, build_config, config_help
+from sightkit.config import ConfigError, build_config
 from sightkit.data.check import PROBLEM_KINDS, check_dataset
 
 
@@ -58,6 +58,3 @@ def check(
     for kind, count in report.counts().items():
         console.print(f"  {count:>6}  {kind}: {PROBLEM_KINDS[kind]}")
     raise typer.Exit(1)
-
-
-check.__doc__ = f"{check.__doc__}\n\nSettings (key=value):\n\n{config_help(CheckConfig)}"
