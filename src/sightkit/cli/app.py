@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from sightkit.cli.data import data_app
+
 app = typer.Typer(
     name="sightkit",
     help="Find and recognise things in images. Usage: sightkit MODE [TASK] key=value ...",
@@ -11,6 +13,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+app.add_typer(data_app, name="data")
 
 
 @app.callback()

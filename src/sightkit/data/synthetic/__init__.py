@@ -1,3 +1,3 @@
 """Synthetic datasets with exact labels, written in real formats: shapes, people, faces."""
 
-from sightkit.data.synthetic import shapes  # noqa: F401  (imported for their @export declarations)
+from sightkit.data.synthetic import faces, people, shapes  # noqa: F401  (imported for their @export declarations)
