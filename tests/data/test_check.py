@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +236,15 @@ def test_cli_exit_status_and_output(broken: Path, tmp_path: Path) -> None:
     assert "unknown key 'limt'" in output and "did you mean 'limit'" in output
     code, output = run_check(str(tmp_path / "absent"))
     assert (code, "path not found" in output) == (2, True)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch: 5-20 s
+def test_real_command_line(broken: Path) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    command = [sys.executable, "-m", "sightkit", "data", "check", str(broken), "limit=0"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "19 problem(s) in 8 images, 14 annotations" in result.stdout
+    assert "more problem(s) not shown" not in result.stdout
+    for kind in set(PROBLEM_KINDS) - {"bad_json"}:
+        assert f"{kind}: {PROBLEM_KINDS[kind]}" in result.stdout
