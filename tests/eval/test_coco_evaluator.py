@@ -372,7 +372,8 @@ def test_input_errors() -> None:
 
     kp = CocoEvaluator(keypoint_gt(5), "keypoints", kpt_oks_sigmas=[0.1] * 5)
     with pytest.raises(
-        ValueError, match=r"keypoints \[N, 5, 3\]; got scores \[1\], labels \[1\], keypoints \[1, 17, 3\]"
+        ValueError,
+        match=r"keypoints \[N, 5, 3\]; got scores \[1\], labels \[1\], keypoints \[1, 17, 3\] \(K is the number",
     ):
         kp.update(
             {

@@ -66,6 +66,8 @@ class CocoEvaluator:
     :meth:`compute` (or :meth:`synchronize`), which gathers the predictions of all ranks with
     ``torch.distributed.all_gather_object``; every rank then gets the same metrics. An image
     seen by several ranks (``DistributedSampler`` pads the last batch with repeats) counts once.
+    With the NCCL backend, set each rank's CUDA device first (``torch.cuda.set_device``), as
+    ``all_gather_object`` moves its buffers to the current device.
 
     Only the images passed to :meth:`update` are evaluated (so a partial pass gives honest
     numbers); an image passed with no detections counts its ground truth as missed.
@@ -292,7 +294,8 @@ class CocoEvaluator:
                 }
                 want = ", ".join(f"{k} {shapes[k]}" for k in keys)
                 got = ", ".join(f"{k} {list(v.shape)}" for k, v in tensors.items())
-                raise ValueError(f"predictions[{image_id}]: expected {want}; got {got}")
+                hint = " (K is the number of kpt_oks_sigmas)" if key == "keypoints" else ""
+                raise ValueError(f"predictions[{image_id}]: expected {want}; got {got}{hint}")
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise ValueError(f"predictions[{image_id}]: {key!r} has non-finite values")
         if labels.is_floating_point():
