@@ -1,0 +1,109 @@
+"""Convolutional backbones that turn images into one feature map for a detector head.
+
+torchvision's ResNet-18/34/50 with frozen BatchNorm (the statistics and affine parameters
+are buffers, as in DETR, because detection batches are too small to estimate them), cut
+after any of its four stages; or, with the optional ``timm`` extra, any timm model that
+supports ``features_only``. Weights start random (``weights=None``): this project cannot
+download pretrained ones; load your own with ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torchvision
+from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from sightkit._api import export
+
+RESNETS = ("resnet18", "resnet34", "resnet50")
+_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+TIMM_PREFIX = "timm/"
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet with frozen BatchNorm, from the stem to ``layer{last_stage}``.
+
+    Attributes:
+        num_channels: channels of the output feature map.
+        stride: how many input pixels one output cell spans.
+    """
+
+    def __init__(self, name: str = "resnet50", last_stage: int = 4, trainable_stages: int = 3) -> None:
+        super().__init__()
+        if name not in RESNETS:
+            raise ValueError(f"name must be one of {RESNETS}, got {name!r}")
+        if last_stage not in (1, 2, 3, 4):
+            raise ValueError(f"last_stage must be 1, 2, 3 or 4, got {last_stage}")
+        if not 0 <= trainable_stages <= last_stage + 1:
+            raise ValueError(
+                f"trainable_stages must be in [0, {last_stage + 1}] (the stem and {last_stage} stages), "
+                f"got {trainable_stages}"
+            )
+        resnet = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
+        stages = {
+            "stem": nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool),
+            **{f"layer{i}": getattr(resnet, f"layer{i}") for i in range(1, last_stage + 1)},
+        }
+        self.body = nn.Sequential(OrderedDict(stages))
+        # As torchvision's detection backbones do, the last `trainable_stages` stages train and
+        # the earlier ones stay fixed (DETR trains layer2-layer4 of a pretrained ResNet-50).
+        for stage_name in _STAGES[: last_stage + 1 - trainable_stages]:
+            stages[stage_name].requires_grad_(False)
+        expansion = type(stages[f"layer{last_stage}"][-1]).expansion  # 1 for ResNet-18/34, 4 for ResNet-50
+        self.num_channels: int = 64 * 2 ** (last_stage - 1) * expansion
+        self.stride: int = 2 ** (last_stage + 1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` -> ``[B, num_channels, ceil(H / stride), ceil(W / stride)]``."""
+        return self.body(images)
+
+
+class TimmBackbone(nn.Module):
+    """The last feature map of a timm model (``features_only``), BatchNorm frozen.
+
+    Needs the ``timm`` extra (``pip install 'sightkit[timm]'``).
+    """
+
+    def __init__(self, name: str, trainable: bool = True) -> None:
+        super().__init__()
+        try:
+            import timm
+            from timm.layers import freeze_batch_norm_2d
+        except ImportError as error:
+            raise ImportError(
+                f"backbone {TIMM_PREFIX}{name} needs timm; install it with pip install 'sightkit[timm]'"
+            ) from error
+        model = timm.create_model(name, pretrained=False, features_only=True, out_indices=(-1,))
+        self.body = freeze_batch_norm_2d(model)
+        self.body.requires_grad_(trainable)
+        self.num_channels: int = model.feature_info.channels()[-1]
+        self.stride: int = model.feature_info.reduction()[-1]
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` -> ``[B, num_channels, H / stride, W / stride]``."""
+        return self.body(images)[-1]
+
+
+@export("models.build_backbone")
+def build_backbone(name: str = "resnet50", last_stage: int = 4, trainable_stages: int = 3) -> nn.Module:
+    """Build a backbone by name: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` (torchvision)
+    or ``"timm/<model name>"`` (needs timm; ``last_stage`` does not apply, and the whole
+    model trains unless ``trainable_stages`` is 0).
+
+    Args:
+        name: the backbone.
+        last_stage: the ResNet stage (1-4) whose output is returned; stage ``k`` has stride
+            ``2^(k+1)``.
+        trainable_stages: how many of the last stages (counting the stem as one) train.
+
+    Returns:
+        A module mapping ``[B, 3, H, W]`` images to ``[B, C, h, w]`` features, with integer
+        attributes ``num_channels`` (``C``) and ``stride``.
+    """
+    if name.startswith(TIMM_PREFIX):
+        return TimmBackbone(name.removeprefix(TIMM_PREFIX), trainable=trainable_stages > 0)
+    if name not in RESNETS:
+        raise ValueError(f"backbone name must be one of {RESNETS} or '{TIMM_PREFIX}<timm model name>', got {name!r}")
+    return ResNetBackbone(name, last_stage, trainable_stages)
