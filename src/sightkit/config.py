@@ -153,7 +153,8 @@ def config_help(cls: type) -> str:
             else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
         )
         type_name = getattr(hints[f.name], "__name__", str(hints[f.name]))
-        lines.append(f"  {f.name}={default!s:<24} {type_name:<10} {f.metadata.get('help', '')}")
+        setting = f"{f.name}={default}"
+        lines.append(f"  {setting:<30} {type_name:<10} {f.metadata.get('help', '')}")
     return "\n".join(lines)
 
 
