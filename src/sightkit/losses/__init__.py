@@ -1,5 +1,9 @@
 """Losses, each as a function and as an ``nn.Module`` that holds its hyper-parameters."""
 
 from sightkit._api import build_namespace
+from sightkit.losses import (
+    focal,  # noqa: F401  (imported for its @export declarations)
+    varifocal,  # noqa: F401
+)
 
 __all__ = build_namespace(__name__, globals())
