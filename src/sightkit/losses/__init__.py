@@ -3,6 +3,7 @@
 from sightkit._api import build_namespace
 from sightkit.losses import (
     focal,  # noqa: F401  (imported for its @export declarations)
+    iou,  # noqa: F401
     varifocal,  # noqa: F401
 )
 
