@@ -4,6 +4,7 @@ from sightkit._api import build_namespace
 from sightkit.ops import (
     boxes,  # noqa: F401  (imported for its @export declarations)
     matching,  # noqa: F401
+    nms,  # noqa: F401
 )
 
 __all__ = build_namespace(__name__, globals())
