@@ -271,3 +271,37 @@ def test_loss_weight_for_a_loss_the_criterion_does_not_return(tmp_path) -> None:
     trainer = _trainer(_config(tmp_path, "run", steps=1), loss_weights={"mse": 1.0, "giou": 2.0})
     with pytest.raises(ValueError, match=r"loss_weights names \['giou'\].*returns \['l1', 'mse'\]"):
         trainer.fit()
+
+
+def test_dict_inputs_are_passed_as_keyword_arguments_and_weights_carry_metadata(tmp_path) -> None:
+    from safetensors import safe_open
+
+    class Masked(nn.Module):  # DETR-style: model(images=..., mask=...)
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = make_model(dropout=0)
+
+        def forward(self, images, mask):
+            return self.body(images * mask)
+
+    def collate_dict(samples):
+        images, targets = collate(samples)
+        return {"images": images, "mask": torch.ones_like(images)}, targets
+
+    config = _config(tmp_path, "dict", steps=2)
+    reference = _trainer(config, model=make_model(dropout=0))
+    reference.fit()
+    trainer = Trainer(
+        Masked(), criterion, Regression(), dataclasses.replace(config, out=str(tmp_path / "dict2")),
+        collate_fn=collate_dict, weights_metadata={"model": "masked"},
+    )  # fmt: skip
+    trainer.fit()
+    for key, value in reference.unwrapped.state_dict().items():
+        assert torch.equal(trainer.unwrapped.state_dict()[f"body.{key}"], value)
+    with safe_open(str(tmp_path / "dict2" / "last.safetensors"), "pt") as handle:
+        assert handle.metadata() == {"model": "masked"}
+
+
+def test_empty_loss_weights_is_an_error(tmp_path) -> None:
+    with pytest.raises(ValueError, match="loss_weights is empty; name at least one loss"):
+        _trainer(_config(tmp_path, "run"), loss_weights={})

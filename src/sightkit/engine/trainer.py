@@ -174,7 +174,9 @@ class Trainer:
     """Optimise ``model`` on ``train_data`` with the settings in ``config``.
 
     Args:
-        model: the network; ``model(images)`` gives the outputs the criterion reads.
+        model: the network; ``model(inputs)`` gives the outputs the criterion reads, or
+            ``model(**inputs)`` when the collated inputs are a dict of keyword arguments
+            (e.g. DETR's ``{"images": ..., "mask": ...}``).
         criterion: ``criterion(outputs, targets) -> {name: scalar tensor}``.
         train_data: a map-style dataset of ``(image, target)`` samples.
         config: a :class:`TrainConfig` (or a task config that subclasses it).
@@ -192,6 +194,8 @@ class Trainer:
             mean of each named loss (``val_<name>``).
         optimizer, scheduler: replace the ones built from ``config`` (AdamW/SGD with
             no-decay groups; warm-up + cosine/step/poly by step).
+        weights_metadata: str -> str entries written into the header of ``last.safetensors``
+            and ``best.safetensors`` (what a task needs to rebuild the model: its name, classes).
 
     Raises:
         ValueError: a setting is out of range, the global batch does not split over the
@@ -213,6 +217,7 @@ class Trainer:
         evaluate: Evaluate | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        weights_metadata: Mapping[str, str] | None = None,
     ) -> None:
         _check_config(config)
         if not isinstance(model, nn.Module):
@@ -221,8 +226,11 @@ class Trainer:
             raise TypeError(f"criterion must be callable (outputs, targets) -> dict, got {type(criterion).__name__}")
         self.config = config
         self.criterion = criterion
+        if loss_weights is not None and not loss_weights:
+            raise ValueError("loss_weights is empty; name at least one loss, or pass None to weight every loss by 1")
         self.loss_weights = None if loss_weights is None else {k: float(v) for k, v in loss_weights.items()}
         self.evaluate_fn = evaluate
+        self.weights_metadata = dict(weights_metadata or {})
         self.context = init_distributed(config.device)
         self.device = self.context.device
         world, rank = self.context.world_size, self.context.rank
@@ -302,6 +310,7 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         self.model = model
+        self._parameters = [p for p in model.parameters() if p.requires_grad]
         self.forward_model = torch.compile(model) if config.compile else model
 
         self.checkpoints = CheckpointManager(self.out, keep=config.keep, mode=config.best_mode)
@@ -422,7 +431,7 @@ class Trainer:
         if self.context.is_main:
             self.checkpoints.save(state, self.step, is_best=is_best)
             if is_best:
-                save_weights(self._eval_model(), self.out / "best.safetensors")
+                save_weights(self._eval_model(), self.out / "best.safetensors", self.weights_metadata)
 
     # ------------------------------------------------------------------ the loop
 
@@ -432,10 +441,17 @@ class Trainer:
         self._loader_generator.manual_seed(self.config.seed + 7919 * epoch + self.context.rank)
         return iter(self.train_loader)
 
+    def _to_device(self, batch: Any) -> Any:
+        # On the CPU the loader's tensors are already in place; walking a list of target
+        # dicts per batch would only cost time.
+        if self.device.type == "cpu":
+            return batch
+        return to_device(batch, self.device, non_blocking=True)
+
     def _losses(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        images, targets = to_device(batch, self.device, non_blocking=self.device.type == "cuda")
+        images, targets = self._to_device(batch)
         with _autocast(self.device, self.config.amp):
-            outputs = self.forward_model(images)
+            outputs = call_model(self.forward_model, images)
             losses = self.criterion(outputs, targets)
         if not isinstance(losses, Mapping) or not losses:
             raise TypeError(f"criterion must return a non-empty dict of named losses, got {type(losses).__name__}")
@@ -444,7 +460,7 @@ class Trainer:
         weights = self.loss_weights or dict.fromkeys(losses, 1.0)
         # The weights are applied here and only here; float32 so that bf16/fp16 losses add up exactly.
         total = sum(weights[name] * losses[name].float() for name in weights)
-        return total, {name: value.detach().float() for name, value in losses.items()}
+        return total, losses
 
     def _check_losses(self, losses: Mapping[str, Tensor]) -> None:
         for name, value in losses.items():
@@ -460,37 +476,44 @@ class Trainer:
                 )
         self._loss_names = sorted(losses)
 
-    def train_step(self, micro_batches: Sequence[Any]) -> tuple[bool, dict[str, Tensor]]:
+    def train_step(self, micro_batches: Sequence[Any]) -> tuple[bool, dict[str, float]]:
         """One optimiser step over ``accumulate`` micro-batches of ``(images, targets)``.
 
         Returns:
             Whether the step was taken (False when the loss or gradients were not finite:
             parameters, optimiser state and averages are then left untouched), and the
-            detached losses averaged over the micro-batches, with the weighted ``loss``.
+            losses averaged over the micro-batches and the ranks, with the weighted ``loss``
+            and the gradient norm ``grad_norm`` (before clipping).
         """
-        self.model.train()
-        last = len(micro_batches) - 1
-        sums: dict[str, Tensor] = {}
+        if not self.model.training:  # train() walks every submodule: only when evaluation switched it off
+            self.model.train()
+        count, last = len(micro_batches), len(micro_batches) - 1
+        rows = []
         for index, batch in enumerate(micro_batches):
             # Gradients are all-reduced only on the last micro-step; the others just accumulate.
             no_sync = index < last and isinstance(self.model, nn.parallel.DistributedDataParallel)
             with self.model.no_sync() if no_sync else contextlib.nullcontext():
                 total, losses = self._losses(batch)
-                scaled = total / len(micro_batches)
+                scaled = total / count if count > 1 else total
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            for name, value in {"loss": total.detach(), **losses}.items():
-                sums[name] = sums.get(name, 0.0) + value / len(micro_batches)
+            names = ["loss", *sorted(losses)]
+            with torch.no_grad():
+                rows.append(torch.stack([total, *(losses[n].float() for n in names[1:])]))
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        parameters = [p for p in self.model.parameters() if p.grad is not None]
         if self.config.clip_grad_norm > 0:
-            norm = nn.utils.clip_grad_norm_(parameters, self.config.clip_grad_norm)
+            norm = nn.utils.clip_grad_norm_(self._parameters, self.config.clip_grad_norm)
         else:
-            norm = nn.utils.get_total_norm([p.grad for p in parameters])
-        # Every rank must take the same decision: summing the flags over ranks keeps any
-        # non-finite value non-finite. The .tolist() is the one CPU-GPU sync of a step.
-        checks = reduce_sum(torch.stack([norm.float(), sums["loss"].float()]))
-        finite = all(math.isfinite(value) for value in checks.tolist())
+            norm = nn.utils.get_total_norm([p.grad for p in self._parameters if p.grad is not None])
+        # One small all-reduce and one CPU-GPU sync (.tolist()) per step serve both the
+        # non-finite guard and the log. Every rank must take the same decision, and a sum
+        # over ranks keeps any non-finite value non-finite. The gradient norm is the same on
+        # every rank (DDP has averaged the gradients), so its mean over ranks is itself.
+        values = torch.cat([norm.float().reshape(1), rows[0] if count == 1 else torch.stack(rows).mean(0)])
+        if self.context.distributed:
+            values = reduce_sum(values) / self.context.world_size
+        norm_value, *loss_values = values.tolist()
+        finite = math.isfinite(norm_value) and math.isfinite(loss_values[0])
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -504,16 +527,19 @@ class Trainer:
         else:
             self.bad_in_row += 1
             self.bad_total += 1
-        with warnings.catch_warnings():
-            # A skipped step still advances the schedule; torch warns when the first step is skipped.
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        if finite:
             self.scheduler.step()
+        else:
+            with warnings.catch_warnings():
+                # A skipped step still advances the schedule; torch warns if it is the first one.
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                self.scheduler.step()
         self.step += 1
         since_swa_start = self.step - self.config.swa_start
         swa_due = since_swa_start >= 0 and since_swa_start % self.config.swa_every == 0
         if finite and self.swa is not None and swa_due:
             self.swa.update(self.model)
-        return finite, {**sums, "grad_norm": norm.detach()}
+        return finite, {**dict(zip(names, loss_values, strict=True)), "grad_norm": norm_value}
 
     def fit(self) -> dict[str, float]:
         """Train until ``total_steps``, evaluating and checkpointing on the way.
@@ -560,7 +586,7 @@ class Trainer:
                         meters, window_start, window_steps = {}, time.perf_counter(), 0
                     if bar.enabled:
                         lr = self.optimizer.param_groups[0]["lr"]
-                        bar.update(self.step, f"loss {float(smooth.value):.4g}  lr {lr:.3g}  epoch {epoch + 1}")
+                        bar.update(self.step, f"loss {smooth.value:.4g}  lr {lr:.3g}  epoch {epoch + 1}")
                     metric = None
                     if self.val_loader is not None and (
                         (config.eval_every and self.step % config.eval_every == 0)
@@ -591,13 +617,13 @@ class Trainer:
         finally:
             bar.close()
         if main:
-            save_weights(self._eval_model(), self.out / "last.safetensors")
+            save_weights(self._eval_model(), self.out / "last.safetensors", self.weights_metadata)
             if config.plot:
                 plot_curves(self.log.read(), self.out / "curves.png")
         return dict(self.metrics)
 
-    def _stop_non_finite(self, losses: Mapping[str, Tensor]) -> None:
-        shown = {name: float(value) for name, value in losses.items()}
+    def _stop_non_finite(self, losses: Mapping[str, float]) -> None:
+        shown = {name: f"{value:.4g}" for name, value in losses.items()}
         raise FloatingPointError(
             f"the loss or its gradients were not finite for {self.bad_in_row} optimiser steps in a row "
             f"(up to step {self.step}; last values {shown}); those steps were skipped, so the parameters are "
@@ -606,12 +632,8 @@ class Trainer:
         )
 
     def _log_train(self, meters: Mapping[str, RunningMean], epoch: int, steps_per_s: float, bar: ProgressBar) -> None:
-        names = sorted(meters)
-        values = torch.tensor([float(meters[n].value) for n in names], dtype=torch.float64)
-        # The mean over ranks is for the log only; each rank's gradients are already averaged by DDP.
-        values = reduce_sum(values) / self.context.world_size
         record: dict[str, Any] = {"kind": "train", "step": self.step, "epoch": epoch + 1}
-        record.update({name: value.item() for name, value in zip(names, values, strict=True)})
+        record.update({name: meters[name].value for name in sorted(meters)})
         record.update({"lr": self.optimizer.param_groups[0]["lr"], "it_s": steps_per_s, "bad_steps": self.bad_total})
         self.log.write(record)
         if self.context.is_main and self.config.progress and not bar.enabled:
@@ -641,8 +663,8 @@ class Trainer:
         names = self._loss_names
         sums: Tensor | None = None
         for batch in self.val_loader:
-            images, targets = to_device(batch, self.device)
-            losses = self.criterion(model(images), targets)
+            images, targets = self._to_device(batch)
+            losses = self.criterion(call_model(model, images), targets)
             if names is None:
                 self._check_losses(losses)
                 names = self._loss_names
@@ -671,6 +693,11 @@ class Trainer:
                 f"{sorted(self.metrics)}; set best_metric= to one of them"
             )
         return self.metrics[self.config.best_metric]
+
+
+def call_model(model: Callable[..., Any], inputs: Any) -> Any:
+    """``model(**inputs)`` for a dict of keyword arguments, else ``model(inputs)``."""
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
 
 
 def _has_batch_norm(model: nn.Module) -> bool:
