@@ -359,9 +359,19 @@ def test_degenerate_boxes_do_not_interact() -> None:
         (
             lambda: soft_nms(torch.zeros(2, 4), torch.tensor([0.5, -0.1])),
             ValueError,
-            "scores must be finite and non-negative",
+            "scores must be non-negative",
         ),
         (lambda: soft_nms(torch.zeros(2, 4), torch.tensor([0.5, float("nan")])), ValueError, "scores must be finite"),
+        (
+            lambda: diou_nms(torch.zeros(2, 4), torch.tensor([0.5, float("inf")]), 0.5),
+            ValueError,
+            "scores must be finite",
+        ),
+        (
+            lambda: diou_nms(torch.tensor([[0.0, 0, 1, float("nan")]]), torch.ones(1), 0.5),
+            ValueError,
+            "boxes must be finite",
+        ),
     ],
 )
 def test_bad_input_is_an_error(call, error, match) -> None:

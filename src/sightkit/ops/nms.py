@@ -30,8 +30,8 @@ SOFT_NMS_METHODS = ("linear", "gaussian")
 
 # Rows of the sweep's overlap test computed at once: bounds its memory to _BLOCK * N booleans.
 _BLOCK = 256
-# The overlap graph is kept while it has at most this many pairs (about 50 bytes each, both
-# directions); denser inputs go straight to the sequential algorithm, which needs O(N) memory.
+# The overlap graph is kept while it has at most this many pairs (about 100 bytes each at the
+# peak); denser inputs go straight to the sequential algorithm, which needs O(N) memory.
 _MAX_PAIRS = 1 << 21
 # Each round looks at the best boxes only, at least this many (see _decay_rounds).
 _MIN_BAND = 128
@@ -58,6 +58,14 @@ def _check_boxes_scores(boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError(f"scores must be on the device of boxes ({boxes.device}), got {scores.device}")
     dtype = torch.promote_types(boxes.dtype, scores.dtype)
     return boxes.to(dtype), scores.to(dtype)
+
+
+def _check_finite(boxes: Tensor, scores: Tensor) -> None:
+    """The sweep and the decays need real numbers: NaN or infinite inputs are errors, not garbage out."""
+    if not bool(torch.isfinite(boxes).all()):
+        raise ValueError("boxes must be finite, got NaN or infinite coordinates")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores must be finite, got NaN or infinite scores")
 
 
 def _check_idxs(idxs: Tensor, boxes: Tensor) -> Tensor:
@@ -327,6 +335,7 @@ def _decay_select(
 
 
 def _diou_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: float) -> Tensor:
+    _check_finite(boxes, scores)
     # Greedy NMS is Soft-NMS whose decay drops suppressed boxes to zero, run on the rank of each
     # score (n for the best down to 1) so that ties go by index, and suppressed boxes (0) fall below 0.5.
     order = scores.argsort(descending=True, stable=True)
@@ -396,8 +405,9 @@ def _soft_nms(
     iou_threshold = _check_threshold(iou_threshold, "iou_threshold")
     if not 0 <= iou_threshold <= 1:
         raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
-    if not bool((scores >= 0).all() & torch.isfinite(scores).all()):
-        raise ValueError("scores must be finite and non-negative for soft_nms (the decay multiplies them)")
+    _check_finite(boxes, scores)
+    if not bool((scores >= 0).all()):
+        raise ValueError("scores must be non-negative for soft_nms (the decay multiplies them), got negative scores")
     decay = _Decay(method, elementwise_box_iou, iou_threshold, sigma)
     return _decay_select(boxes, scores, idxs, decay, score_threshold)
 
