@@ -5,7 +5,7 @@ biases, normalisation layers, embeddings and any other 1-D parameter, because de
 them towards zero only constrains scale and offset, not capacity; and a learning-rate
 multiplier for the backbone (DETR trains its pretrained ResNet at 0.1 of the base rate).
 
-Schedules are ``torch.optim.lr_scheduler.LambdaLR`` with a picklable-free factor object,
+Schedules are ``torch.optim.lr_scheduler.LambdaLR`` with a plain factor object (not a lambda),
 stepped once per optimiser step (not per epoch), so they resume exactly from a checkpoint.
 """
 

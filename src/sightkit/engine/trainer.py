@@ -240,6 +240,8 @@ class Trainer:
         if config.sync_bn and world > 1 and self.device.type != "cuda":
             raise ValueError("sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU kernel); set sync_bn=false")
         self.out = Path(config.out)
+        # Before any collective call: every rank checks the folder as it was before rank 0
+        # (which writes only in fit()) could have touched it.
         resume_path = self._resume_path()
 
         _seed_everything(config.seed + rank)
@@ -251,7 +253,10 @@ class Trainer:
                 f"(batch={config.batch}); lower batch= or add data"
             )
         by_epochs = config.epochs * self.steps_per_epoch
-        self.total_steps = min(by_epochs, config.steps) if config.epochs and config.steps else by_epochs or config.steps
+        if config.epochs and config.steps:
+            self.total_steps = min(by_epochs, config.steps)
+        else:
+            self.total_steps = by_epochs or config.steps
         # The loader's generator only seeds worker processes; it is re-seeded every epoch,
         # so its state is a function of (seed, epoch, rank) and needs no checkpointing.
         self._loader_generator = torch.Generator()
