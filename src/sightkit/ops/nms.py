@@ -215,7 +215,8 @@ def _overlap_graph(
     by_owner = owner.to(torch.int32).argsort(stable=True)
     degree = torch.bincount(owner, minlength=boxes.shape[0])
     row_start = degree.cumsum(0) - degree
-    return row_start, degree, torch.cat((second, first))[by_owner], torch.cat((log_factor, log_factor))[by_owner]
+    neighbours = torch.cat((second, first)).index_select(0, by_owner)
+    return row_start, degree, neighbours, torch.cat((log_factor, log_factor)).index_select(0, by_owner)
 
 
 def _decay_rounds(
