@@ -54,12 +54,17 @@ def test_skipped_samples_are_counted_and_an_all_bad_batch_is_empty() -> None:
     assert empty.skipped == 2 and empty.images.shape[0] == 0 and empty.targets == []
 
 
-def test_works_in_a_data_loader() -> None:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_works_in_a_data_loader(workers: int) -> None:
     samples = [(_image(h, 3, float(h)), {"h": h}) for h in (1, 2, 3, 4, 5)]
-    loader = DataLoader(samples, batch_size=2, collate_fn=functools.partial(collate_detection, size_divisible=4))
+    collate = functools.partial(collate_detection, size_divisible=4)
+    loader = DataLoader(samples, batch_size=2, num_workers=workers, collate_fn=collate)
     batches = list(loader)
     assert [b.images.shape[-2:] for b in batches] == [(4, 4), (4, 4), (8, 4)]
     assert [t["h"] for b in batches for t in b.targets] == [1, 2, 3, 4, 5]
+    # A worker builds the batch in shared memory; padding must still be zero there.
+    last = batches[2]
+    assert torch.equal(last.images[0, 0], torch.where(last.padding_mask[0], 0.0, 5.0))
 
 
 def test_bad_input_is_named() -> None:

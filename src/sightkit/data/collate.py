@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils.data import get_worker_info
 
 from sightkit._api import export
 
@@ -70,10 +71,24 @@ def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Any]] | None], siz
             )
     sizes = torch.tensor([image.shape[-2:] for image in images], dtype=torch.int64)
     height, width = (-(-sizes.max(0).values // size_divisible) * size_divisible).tolist()
-    padded = first.new_zeros(len(images), first.shape[0], height, width)
+    padded = _empty_batch(first, (len(images), first.shape[0], height, width))
     mask = torch.ones(len(images), height, width, dtype=torch.bool)
     for i, image in enumerate(images):
         h, w = image.shape[-2:]
         padded[i, :, :h, :w] = image
+        padded[i, :, h:, :] = 0
+        padded[i, :, :h, w:] = 0
         mask[i, :h, :w] = False
     return DetectionBatch(padded, mask, [sample[1] for sample in samples], sizes, skipped)
+
+
+def _empty_batch(like: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """An uninitialised tensor; in a DataLoader worker it is allocated in shared memory, as
+    torch's ``default_collate`` does, so that passing it to the main process copies nothing."""
+    if get_worker_info() is None:
+        return like.new_empty(shape)
+    numel = 1
+    for n in shape:
+        numel *= n
+    storage = like._typed_storage()._new_shared(numel, device=like.device)
+    return like.new(storage).resize_(shape)
