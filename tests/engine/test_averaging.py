@@ -169,3 +169,32 @@ def test_bad_input() -> None:
     ema = ModelEMA(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="different model"):
         ema.load_state_dict({"module": nn.Linear(3, 2).state_dict(), "updates": 1})
+
+
+def test_swa_update_bn_recomputes_statistics_on_the_averaged_weights() -> None:
+    model = _net()
+    swa = SWA(model)
+    for state in _snapshots(model, 3):
+        swa.update(_load(model, state))
+    data = torch.randn(24, 3) * 2 + 1
+    loader = [(data[i : i + 8], None) for i in range(0, 24, 8)]  # (inputs, targets), equal-size batches
+    swa.update_bn(loader)
+    features = swa.module[0](data)  # what BatchNorm sees: the averaged first layer's output
+    # Equal batches: the average of batch means is the mean; of unbiased batch variances, their mean.
+    torch.testing.assert_close(swa.module[1].running_mean, features.mean(0), rtol=1e-5, atol=1e-6)
+    batch_vars = torch.stack([features[i : i + 8].var(0, unbiased=True) for i in range(0, 24, 8)])
+    torch.testing.assert_close(swa.module[1].running_var, batch_vars.mean(0), rtol=1e-5, atol=1e-6)
+    assert swa.module[1].momentum == 0.1 and not swa.module.training
+
+    class Keywords(nn.Module):  # dict inputs are passed as keyword arguments
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _net()
+
+        def forward(self, x, scale):
+            return self.net(x * scale)
+
+    keyword_swa = SWA(Keywords())
+    keyword_swa.update_bn([({"x": data, "scale": torch.tensor(1.0)}, None)])
+    expected = keyword_swa.module.net[0](data).mean(0)
+    torch.testing.assert_close(keyword_swa.module.net[1].running_mean, expected, rtol=1e-5, atol=1e-6)

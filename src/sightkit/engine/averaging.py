@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 
 from sightkit._api import export
 from sightkit.engine.checkpoint import load_model_state
+from sightkit.engine.data import call_model, to_device
 from sightkit.engine.distributed import unwrap_model
 
 
@@ -181,8 +183,27 @@ class SWA(_AveragedModel):
     def step_size(self, k: int) -> float:
         return 1.0 / k
 
-    def update_bn(self, loader: Any, device: torch.device | None = None) -> None:
-        """Recompute BatchNorm running statistics of ``module`` on ``loader`` (batches of
-        ``(images, targets)`` or tensors), with ``torch.optim.swa_utils.update_bn``."""
-        torch.optim.swa_utils.update_bn(loader, self.module, device=device)
+    @torch.no_grad()
+    def update_bn(self, loader: Iterable[Any], device: torch.device | str | None = None) -> None:
+        """Recompute the BatchNorm running statistics of ``module`` as plain averages over
+        ``loader`` (batches of ``(inputs, targets)`` or inputs alone; dict inputs are passed
+        as keyword arguments). Does nothing for a model without BatchNorm.
+
+        The rule of ``torch.optim.swa_utils.update_bn`` (momentum ``None`` makes BatchNorm
+        keep a cumulative average), written here so that inputs can be dicts.
+        """
+        momenta = {}
+        for module in self.module.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                momenta[module] = module.momentum
+                module.momentum = None
+        if not momenta:
+            return
+        self.module.train()
+        for batch in loader:
+            inputs = batch[0] if isinstance(batch, list | tuple) else batch
+            call_model(self.module, inputs if device is None else to_device(inputs, device))
+        for module, momentum in momenta.items():
+            module.momentum = momentum
         self.module.eval()

@@ -10,7 +10,7 @@ never on the global RNG, so it is the same after a resume.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -69,3 +69,8 @@ def to_device(batch: Any, device: torch.device | str, non_blocking: bool = False
     if isinstance(batch, list | tuple):
         return type(batch)(to_device(value, device, non_blocking) for value in batch)
     return batch
+
+
+def call_model(model: Callable[..., Any], inputs: Any) -> Any:
+    """``model(**inputs)`` for a dict of keyword arguments, else ``model(inputs)``."""
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)

@@ -52,7 +52,7 @@ from sightkit.engine.checkpoint import (
     save_weights,
     set_rng_state,
 )
-from sightkit.engine.data import ResumableSampler, ShardSampler, to_device
+from sightkit.engine.data import ResumableSampler, ShardSampler, call_model, to_device
 from sightkit.engine.distributed import all_gather_object, init_distributed, per_rank_batch, reduce_sum, unwrap_model
 from sightkit.engine.metrics import MetricsLog, ProgressBar, plot_curves
 from sightkit.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
@@ -698,11 +698,6 @@ class Trainer:
                 f"{sorted(self.metrics)}; set best_metric= to one of them"
             )
         return self.metrics[self.config.best_metric]
-
-
-def call_model(model: Callable[..., Any], inputs: Any) -> Any:
-    """``model(**inputs)`` for a dict of keyword arguments, else ``model(inputs)``."""
-    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
 
 
 def _has_batch_norm(model: nn.Module) -> bool:
