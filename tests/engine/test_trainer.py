@@ -249,6 +249,8 @@ def test_batch_that_does_not_split_is_a_clear_error(tmp_path) -> None:
 def test_unknown_config_key_suggests_the_closest(tmp_path) -> None:
     with pytest.raises(ConfigError, match="unknown key 'warmup'; did you mean 'warmup_steps'"):
         build_config(TrainConfig, ["warmup=100"])
+    assert build_config(TrainConfig, ["resume=true"]).resume is True
+    assert build_config(TrainConfig, ["resume=runs/a/last.pt"]).resume == "runs/a/last.pt"
 
 
 @pytest.mark.parametrize(
