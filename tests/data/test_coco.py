@@ -246,3 +246,8 @@ def test_keypoints_need_the_right_count(tmp_path: Path) -> None:
         CocoKeypoints(tmp_path, path)
     with pytest.raises(ValueError, match=r"keypoints must be \[..., K, 2\]"):
         keypoints_xyv(torch.zeros(2, 17, 2), torch.zeros(2, 16))
+
+
+def test_keypoints_need_a_keypoint_category(coco_dir: Path) -> None:
+    with pytest.raises(ValueError, match="has no category with a 'keypoints' list"):
+        CocoKeypoints(coco_dir, coco_dir / "ann.json")

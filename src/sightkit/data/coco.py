@@ -271,7 +271,11 @@ class CocoDetection(Dataset):
         self.categories: list[dict[str, Any]] = sorted(data["categories"], key=lambda c: c["id"])
         self.category_map = CategoryMap.from_coco(self.categories)
         self._label_of = {category_id: i for i, category_id in enumerate(self.category_map.category_ids)}
+        self._read_categories(data["categories"])
         self.records = self._index(data)
+
+    def _read_categories(self, categories: list[dict[str, Any]]) -> None:
+        """Hook for subclasses that need more from the categories before the annotations are indexed."""
 
     def _annotation_filter(self, annotation: dict[str, Any]) -> bool:
         return True
@@ -435,15 +439,16 @@ class CocoKeypoints(CocoDetection):
         min_keypoints: int = 0,
     ) -> None:
         self.min_keypoints = min_keypoints
-        data = _load_json(Path(annotations))
-        with_keypoints = [c for c in data["categories"] if c.get("keypoints")]
+        super().__init__(images, annotations, transforms, masks=masks, include_crowd=include_crowd, on_error=on_error)
+
+    def _read_categories(self, categories: list[dict[str, Any]]) -> None:
+        with_keypoints = [c for c in categories if c.get("keypoints")]
         if not with_keypoints:
-            raise ValueError(f"annotations: {str(annotations)!r} has no category with a 'keypoints' list")
+            raise ValueError(f"annotations: {str(self.annotation_file)!r} has no category with a 'keypoints' list")
         self.keypoint_category_id = int(with_keypoints[0]["id"])
         self.keypoint_names: tuple[str, ...] = tuple(with_keypoints[0]["keypoints"])
         self.skeleton: list[list[int]] = with_keypoints[0].get("skeleton", [])
         self.flip_pairs = keypoint_flip_pairs(self.keypoint_names)
-        super().__init__(images, annotations, transforms, masks=masks, include_crowd=include_crowd, on_error=on_error)
 
     def _annotation_filter(self, annotation: dict[str, Any]) -> bool:
         if int(annotation["category_id"]) != self.keypoint_category_id:
