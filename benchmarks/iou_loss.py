@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import os
 import resource
 import statistics
 import subprocess
@@ -186,7 +187,9 @@ def main(argv: list[str]) -> None:
 
     torch.set_num_threads(args.threads)
     pred, target = make_pairs(args.n)
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"N={args.n} pairs, float32, CPU, {args.threads} thread(s), median of {args.repeats} steps")
+    print(f"{os.cpu_count()} CPUs, load average {load} (wall times stretch under load; CPU times less so)")
     header = f"{'loss':5} {'impl':15} {'wall ms':>8} {'cpu ms':>8} {'peak MiB prof':>14} {'peak MiB rss':>13}"
     print(header)
     for name, (ours, peer_name, peer) in LOSSES.items():
