@@ -293,9 +293,10 @@ def test_scale_and_translation_invariance(
     boxes1, boxes2 = pair
     shift = torch.tensor([dx, dy, dx, dy], dtype=torch.float64)
     for name in PAIRWISE:
-        moved = pairwise(name)(boxes1 * scale + shift, boxes2 * scale + shift)
-        # the 1e-7 added to c² (DIoU, CIoU) is not scaled
-        torch.testing.assert_close(moved, pairwise(name)(boxes1, boxes2), rtol=1e-6, atol=1e-6)
+        # the eps added to c² (DIoU, CIoU) does not scale with the boxes, so it is made negligible
+        kwargs = {"eps": 1e-30} if name in ("distance_box_iou", "complete_box_iou") else {}
+        moved = pairwise(name)(boxes1 * scale + shift, boxes2 * scale + shift, **kwargs)
+        torch.testing.assert_close(moved, pairwise(name)(boxes1, boxes2, **kwargs), rtol=1e-7, atol=1e-7)
 
 
 # --- errors --------------------------------------------------------------------------------------
