@@ -352,6 +352,11 @@ def test_degenerate_boxes_do_not_interact() -> None:
         (lambda: soft_nms(torch.zeros(3, 4), torch.zeros(3), method="hard"), ValueError, "method must be one of"),
         (lambda: soft_nms(torch.zeros(3, 4), torch.zeros(3), sigma=0.0), ValueError, "sigma must be a positive"),
         (
+            lambda: soft_nms(torch.zeros(3, 4), torch.zeros(3), score_threshold=-math.inf),
+            ValueError,
+            "score_threshold must be finite, got -inf",
+        ),
+        (
             lambda: soft_nms(torch.zeros(3, 4), torch.zeros(3), method="linear", iou_threshold=1.5),
             ValueError,
             r"iou_threshold must be in \[0, 1\], got 1.5",
