@@ -1,6 +1,11 @@
-"""Building blocks: position encodings and the DETR transformer."""
+"""Building blocks: position encodings, the DETR transformer, the upsampling family."""
 
 from sightkit._api import build_namespace
-from sightkit.nn import position_encoding, transformer  # noqa: F401  (imported for their @export declarations)
+from sightkit.nn import (  # noqa: F401  (imported for their @export declarations)
+    flows,
+    position_encoding,
+    transformer,
+    upsample,
+)
 
 __all__ = build_namespace(__name__, globals())
