@@ -4,6 +4,8 @@ from sightkit._api import build_namespace
 from sightkit.losses import (
     focal,  # noqa: F401  (imported for its @export declarations)
     iou,  # noqa: F401
+    margin,  # noqa: F401
+    partial_fc,  # noqa: F401
     varifocal,  # noqa: F401
 )
 
