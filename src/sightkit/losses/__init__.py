@@ -6,6 +6,7 @@ from sightkit.losses import (
     iou,  # noqa: F401
     margin,  # noqa: F401
     partial_fc,  # noqa: F401
+    rle,  # noqa: F401
     varifocal,  # noqa: F401
 )
 
