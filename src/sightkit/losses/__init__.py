@@ -7,6 +7,7 @@ from sightkit.losses import (
     margin,  # noqa: F401
     partial_fc,  # noqa: F401
     rle,  # noqa: F401
+    segmentation,  # noqa: F401
     varifocal,  # noqa: F401
 )
 
