@@ -108,6 +108,20 @@ def images_per_second(loader: DataLoader, epochs: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def cpu_ms_per_image(loader: DataLoader) -> float:
+    """CPU time per image of one pass of ``loader``'s dataset and collate in this process: what
+    each worker spends, and less sensitive than wall time to other programs on the machine."""
+    dataset, collate, batch = loader.dataset, loader.collate_fn, loader.batch_size or 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in loader workers
+    start = time.process_time()
+    for first in range(0, len(dataset), batch):
+        collate([dataset[i] for i in range(first, min(first + batch, len(dataset)))])
+    elapsed = time.process_time() - start
+    torch.set_num_threads(threads)
+    return elapsed * 1000 / len(dataset)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
@@ -147,9 +161,11 @@ def main(argv: list[str]) -> None:
             for _ in loader:
                 pass
         rates: dict[str, list[float]] = {name: [] for name in loaders}
+        cpu: dict[str, list[float]] = {name: [] for name in loaders}
         for _ in range(args.rounds):
             for name, loader in loaders.items():
                 rates[name].append(images_per_second(loader, args.epochs))
+                cpu[name].append(cpu_ms_per_image(loader))
 
     median = {name: statistics.median(values) for name, values in rates.items()}
     print(
@@ -157,7 +173,14 @@ def main(argv: list[str]) -> None:
         f"{args.workers} workers, train preset size={size} max_size={max_size}"
     )
     print(f"  values: images, boxes and category ids agree on {agreed}/{agreed} images (no augmentation)")
+    cpu_median = {name: statistics.median(values) for name, values in cpu.items()}
     for name, values in rates.items():
-        print(f"  {name:<25} {median[name]:7.1f} images/s median  (rounds: {', '.join(f'{v:.1f}' for v in values)})")
+        print(
+            f"  {name:<25} {median[name]:7.1f} images/s median (rounds: {', '.join(f'{v:.1f}' for v in values)}); "
+            f"{cpu_median[name]:.2f} CPU ms/image in one process"
+        )
     for name in ("torchvision", "torchvision, jitter last"):
-        print(f"  ratio sightkit / {name}: {median['sightkit'] / median[name]:.2f}x (target >= 1.0)")
+        print(
+            f"  ratio sightkit / {name}: {median['sightkit'] / median[name]:.2f}x images/s, "
+            f"{cpu_median[name] / cpu_median['sightkit']:.2f}x less CPU per image (target >= 1.0)"
+        )

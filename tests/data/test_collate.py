@@ -1,12 +1,14 @@
 """Padding collation: images at the top-left, mask True on padding, targets passed through."""
 
 import functools
+import pickle
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from torchvision import tv_tensors
 
-from sightkit.data import collate_detection
+from sightkit.data import DetectionBatch, collate_detection
 
 
 def _image(height: int, width: int, value: float) -> torch.Tensor:
@@ -76,3 +78,47 @@ def test_bad_input_is_named() -> None:
         collate_detection([torch.zeros(3, 2, 2)])
     with pytest.raises(ValueError, match=r"batch\[1\] image is 1 channels of torch.float32, but batch\[0\] is 3"):
         collate_detection([(_image(2, 2, 0.0), {}), (torch.zeros(1, 2, 2), {})])
+
+
+def _rich_target(n: int) -> dict:
+    canvas = (6, 7)
+    return {
+        "boxes": tv_tensors.BoundingBoxes(torch.arange(4.0 * n).reshape(n, 4), format="XYXY", canvas_size=canvas),
+        "labels": torch.arange(n),
+        "masks": tv_tensors.Mask(torch.ones(n, 6, 7, dtype=torch.uint8)),
+        "keypoints": tv_tensors.KeyPoints(torch.full((n, 5, 2), 1.5), canvas_size=canvas),
+        "keypoints_visibility": torch.full((n, 5), 2),
+        "orig_size": torch.tensor([6, 7]),
+        "image_id": 40 + n,
+    }
+
+
+def _assert_same_targets(got: list[dict], expected: list[dict]) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert a.keys() == b.keys()
+        for key in b:
+            assert type(a[key]) is type(b[key]), key
+            if isinstance(b[key], torch.Tensor):
+                assert a[key].dtype == b[key].dtype and torch.equal(a[key].as_subclass(torch.Tensor), b[key]), key
+            else:
+                assert a[key] == b[key]
+        assert a["boxes"].canvas_size == (6, 7) and a["boxes"].format == tv_tensors.BoundingBoxFormat.XYXY
+        assert a["keypoints"].canvas_size == (6, 7)
+
+
+def test_pickled_batch_rebuilds_every_target_entry() -> None:
+    targets = [_rich_target(2), _rich_target(0), _rich_target(1)]
+    batch = collate_detection([(_image(6, 7, 1.0), t) for t in targets])
+    again = pickle.loads(pickle.dumps(batch))
+    assert isinstance(again, DetectionBatch)
+    assert torch.equal(again.images, batch.images) and torch.equal(again.padding_mask, batch.padding_mask)
+    assert torch.equal(again.image_sizes, batch.image_sizes) and again.skipped == batch.skipped
+    _assert_same_targets(again.targets, targets)
+
+
+def test_rich_targets_cross_worker_processes() -> None:
+    samples = [(_image(6, 7, 1.0), _rich_target(n)) for n in (1, 3, 0, 2)]
+    loader = DataLoader(samples, batch_size=2, num_workers=1, collate_fn=collate_detection)
+    received = [t for batch in loader for t in batch.targets]
+    _assert_same_targets(received, [t for _, t in samples])

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 from torch.utils.data import get_worker_info
+from torchvision import tv_tensors
 
 from sightkit._api import export
 
@@ -31,6 +32,77 @@ class DetectionBatch(NamedTuple):
     targets: list[dict[str, Any]]
     image_sizes: Tensor
     skipped: int
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A DataLoader worker sends every tensor through its own shared-memory segment and file
+        # descriptor, which costs more than the data for the handful of small tensors in each target.
+        # Pickled, the targets' tensors therefore travel as one buffer per dtype and are rebuilt as views.
+        buffers, layout = _pack_targets(self.targets)
+        return _unpack_batch, (self.images, self.padding_mask, buffers, layout, self.image_sizes, self.skipped)
+
+
+def _tensor_kind(value: Tensor) -> tuple[Any, ...]:
+    if isinstance(value, tv_tensors.BoundingBoxes):
+        return ("boxes", value.format.name, tuple(value.canvas_size), value.clamping_mode)
+    if isinstance(value, tv_tensors.KeyPoints):
+        return ("keypoints", tuple(value.canvas_size))
+    if isinstance(value, tv_tensors.Mask):
+        return ("mask",)
+    return ("tensor",)
+
+
+def _rewrap(view: Tensor, kind: tuple[Any, ...]) -> Tensor:
+    if kind[0] == "boxes":
+        return tv_tensors.BoundingBoxes(view, format=kind[1], canvas_size=kind[2], clamping_mode=kind[3])
+    if kind[0] == "keypoints":
+        return tv_tensors.KeyPoints(view, canvas_size=kind[1])
+    if kind[0] == "mask":
+        return tv_tensors.Mask(view)
+    return view
+
+
+def _pack_targets(targets: list[dict[str, Any]]) -> tuple[dict[torch.dtype, Tensor], list[list[tuple[Any, ...]]]]:
+    """Every tensor of every target flattened into one buffer per dtype, and how to rebuild them."""
+    parts: dict[torch.dtype, list[Tensor]] = {}
+    sizes: dict[torch.dtype, int] = {}
+    layout = []
+    for target in targets:
+        entries = []
+        for key, value in target.items():
+            if isinstance(value, Tensor) and not value.requires_grad:
+                plain = value.as_subclass(Tensor)
+                offset = sizes.get(plain.dtype, 0)
+                parts.setdefault(plain.dtype, []).append(plain.reshape(-1))
+                sizes[plain.dtype] = offset + plain.numel()
+                entries.append((key, _tensor_kind(value), plain.dtype, tuple(plain.shape), offset))
+            else:
+                entries.append((key, None, value))
+        layout.append(entries)
+    return {dtype: torch.cat(tensors) for dtype, tensors in parts.items()}, layout
+
+
+def _unpack_batch(
+    images: Tensor,
+    padding_mask: Tensor,
+    buffers: dict[torch.dtype, Tensor],
+    layout: list[list[tuple[Any, ...]]],
+    image_sizes: Tensor,
+    skipped: int,
+) -> DetectionBatch:
+    targets = []
+    for entries in layout:
+        target = {}
+        for key, kind, *rest in entries:
+            if kind is None:
+                target[key] = rest[0]
+            else:
+                dtype, shape, offset = rest
+                numel = 1
+                for n in shape:
+                    numel *= n
+                target[key] = _rewrap(buffers[dtype][offset : offset + numel].view(shape), kind)
+        targets.append(target)
+    return DetectionBatch(images, padding_mask, targets, image_sizes, skipped)
 
 
 @export("data.collate_detection")
