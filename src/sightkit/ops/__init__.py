@@ -2,6 +2,7 @@
 
 from sightkit._api import build_namespace
 from sightkit.ops import (
+    align,  # noqa: F401
     boxes,  # noqa: F401  (imported for its @export declarations)
     matching,  # noqa: F401
     nms,  # noqa: F401
