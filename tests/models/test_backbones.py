@@ -56,6 +56,19 @@ def test_only_the_last_stages_train(trainable_stages: int) -> None:
     assert not any("bn" in name for name, _ in backbone.named_parameters())
 
 
+def test_batchnorm_backbone_trains_its_normalisation() -> None:
+    backbone = build_backbone("resnet18", last_stage=3, trainable_stages=4, norm="bn")
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 1 + 2 * 2 * 3 + 2  # stem, two convs in each of 2 blocks x 3 stages, 2 downsamples
+    images = torch.randn(4, 3, 64, 64) * 3 + 1
+    backbone(images).sum().backward()
+    assert all(m.weight.grad is not None and m.running_mean.abs().sum() > 0 for m in norms)
+    # In training mode each channel of the stem is normalised with the batch statistics.
+    stem = backbone.body.stem[:2]
+    out = stem(images)
+    torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(64), atol=1e-5, rtol=0)
+
+
 def test_bad_backbone_settings_are_errors() -> None:
     with pytest.raises(ValueError, match=r"backbone name must be one of .* got 'resnet101'"):
         build_backbone("resnet101")
@@ -63,6 +76,10 @@ def test_bad_backbone_settings_are_errors() -> None:
         build_backbone("resnet18", last_stage=5)
     with pytest.raises(ValueError, match=r"trainable_stages must be in \[0, 3\] .* got 4"):
         build_backbone("resnet18", last_stage=2, trainable_stages=4)
+    with pytest.raises(ValueError, match=r"norm must be one of \('frozen_bn', 'bn'\), got 'gn'"):
+        build_backbone("resnet18", norm="gn")
+    with pytest.raises(ValueError, match=r"norm='bn' .* all 5 stages must train .* got trainable_stages=3"):
+        build_backbone("resnet18", trainable_stages=3, norm="bn")
 
 
 def test_timm_backbone() -> None:

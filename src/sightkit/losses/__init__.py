@@ -8,6 +8,7 @@ from sightkit.losses import (
     partial_fc,  # noqa: F401
     rle,  # noqa: F401
     segmentation,  # noqa: F401
+    set_criterion,  # noqa: F401
     varifocal,  # noqa: F401
 )
 

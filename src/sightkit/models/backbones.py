@@ -1,10 +1,21 @@
 """Convolutional backbones that turn images into one feature map for a detector head.
 
-torchvision's ResNet-18/34/50 with frozen BatchNorm (the statistics and affine parameters
-are buffers, as in DETR, because detection batches are too small to estimate them), cut
-after any of its four stages; or, with the optional ``timm`` extra, any timm model that
-supports ``features_only``. Weights start random (``weights=None``): this project cannot
-download pretrained ones; load your own with ``load_state_dict``.
+torchvision's ResNet-18/34/50, cut after any of its four stages, or, with the optional
+``timm`` extra, any timm model that supports ``features_only``. Weights start random
+(``weights=None``): this project cannot download pretrained ones; load your own with
+``load_state_dict``.
+
+Normalisation (``norm``):
+
+- ``"frozen_bn"`` (DETR's choice): the BatchNorm statistics and affine parameters are fixed
+  buffers, because detection batches are too small to estimate them. Meant for pretrained
+  weights: from a random start frozen BN is the identity and the network has no
+  normalisation at all (a from-scratch ResNet-18 cut at layer3 grows its activations from
+  about 4e2 to 7e3 in 200 steps, and diverges at a learning rate of 5e-4).
+- ``"bn"``: ordinary BatchNorm that learns; the choice for training from scratch (He et al.,
+  "Rethinking ImageNet Pre-training", ICCV 2019: from-scratch detectors need normalisation
+  that trains). Use synchronised BatchNorm across processes (the engine's ``sync_bn``) when
+  the per-process batch is small.
 """
 
 from __future__ import annotations
@@ -18,20 +29,26 @@ from torchvision.ops import FrozenBatchNorm2d
 from sightkit._api import export
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
+NORMS = ("frozen_bn", "bn")
 _STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 TIMM_PREFIX = "timm/"
 
 
 class ResNetBackbone(nn.Module):
-    """A torchvision ResNet with frozen BatchNorm, from the stem to ``layer{last_stage}``.
+    """A torchvision ResNet from the stem to ``layer{last_stage}``, with frozen or ordinary
+    BatchNorm (module docstring).
 
     Attributes:
         num_channels: channels of the output feature map.
         stride: how many input pixels one output cell spans.
     """
 
-    def __init__(self, name: str = "resnet50", last_stage: int = 4, trainable_stages: int = 3) -> None:
+    def __init__(
+        self, name: str = "resnet50", last_stage: int = 4, trainable_stages: int = 3, norm: str = "frozen_bn"
+    ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if name not in RESNETS:
             raise ValueError(f"name must be one of {RESNETS}, got {name!r}")
         if last_stage not in (1, 2, 3, 4):
@@ -41,7 +58,14 @@ class ResNetBackbone(nn.Module):
                 f"trainable_stages must be in [0, {last_stage + 1}] (the stem and {last_stage} stages), "
                 f"got {trainable_stages}"
             )
-        resnet = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
+        if norm == "bn" and trainable_stages != last_stage + 1:
+            raise ValueError(
+                f"norm='bn' updates its statistics in every stage, so all {last_stage + 1} stages must train "
+                f"(trainable_stages={last_stage + 1}), got trainable_stages={trainable_stages}; "
+                "freeze stages with norm='frozen_bn'"
+            )
+        norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
+        resnet = getattr(torchvision.models, name)(weights=None, norm_layer=norm_layer)
         stages = {
             "stem": nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool),
             **{f"layer{i}": getattr(resnet, f"layer{i}") for i in range(1, last_stage + 1)},
@@ -87,7 +111,9 @@ class TimmBackbone(nn.Module):
 
 
 @export("models.build_backbone")
-def build_backbone(name: str = "resnet50", last_stage: int = 4, trainable_stages: int = 3) -> nn.Module:
+def build_backbone(
+    name: str = "resnet50", last_stage: int = 4, trainable_stages: int = 3, norm: str = "frozen_bn"
+) -> nn.Module:
     """Build a backbone by name: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` (torchvision)
     or ``"timm/<model name>"`` (needs timm; ``last_stage`` does not apply, and the whole
     model trains unless ``trainable_stages`` is 0).
@@ -97,6 +123,8 @@ def build_backbone(name: str = "resnet50", last_stage: int = 4, trainable_stages
         last_stage: the ResNet stage (1-4) whose output is returned; stage ``k`` has stride
             ``2^(k+1)``.
         trainable_stages: how many of the last stages (counting the stem as one) train.
+        norm: ``"frozen_bn"`` or ``"bn"`` (module docstring); ``"bn"`` needs every stage to
+            train, since its statistics would change anyway.
 
     Returns:
         A module mapping ``[B, 3, H, W]`` images to ``[B, C, h, w]`` features, with integer
@@ -106,4 +134,4 @@ def build_backbone(name: str = "resnet50", last_stage: int = 4, trainable_stages
         return TimmBackbone(name.removeprefix(TIMM_PREFIX), trainable=trainable_stages > 0)
     if name not in RESNETS:
         raise ValueError(f"backbone name must be one of {RESNETS} or '{TIMM_PREFIX}<timm model name>', got {name!r}")
-    return ResNetBackbone(name, last_stage, trainable_stages)
+    return ResNetBackbone(name, last_stage, trainable_stages, norm)

@@ -4,19 +4,22 @@ Detection with Transformers", ECCV 2020).
 
 Registered models (``create_model(name, **overrides)``):
 
-============== ============================ ====== ======= ===== ======= ==== =========
-name           backbone                     stride d_model heads enc+dec FFN  queries
-============== ============================ ====== ======= ===== ======= ==== =========
-detr_r50       ResNet-50, layer2-4 train    32     256     8     6+6     2048 100
-detr_r18_tiny  ResNet-18 up to layer3, all  16     128     4     2+2     512  20
-============== ============================ ====== ======= ===== ======= ==== =========
+============== ======================================= ====== ======= ===== ======= ==== =======
+name           backbone                                stride d_model heads enc+dec FFN  queries
+============== ======================================= ====== ======= ===== ======= ==== =======
+detr_r50       ResNet-50, frozen BN, layer2-4 train    32     256     8     6+6     2048 100
+detr_r18_tiny  ResNet-18 to layer3, BatchNorm, all     16     128     4     2+2     512  20
+============== ======================================= ====== ======= ===== ======= ==== =======
 
-``detr_r50`` is the paper's configuration. ``detr_r18_tiny`` is sized to learn the synthetic
-shapes data from scratch on two CPU cores: cutting ResNet-18 after layer3 removes 3/4 of its
-parameters (layer4 holds 8.4 M of 11.2 M) and a quarter of its compute, and leaves a stride-16
-feature map, fine enough for small shapes (a 256-pixel image gives 16x16 = 256 tokens); with
-no pretrained weights every stage trains; a 128-wide, 2+2-layer transformer is ample for a
-handful of objects per image, and 20 queries cover them with room to spare.
+``detr_r50`` is the paper's configuration (41.5 M parameters for 91 classes, as the paper's
+41 M). ``detr_r18_tiny`` (3.8 M) is sized to learn the synthetic shapes data from scratch on
+two CPU cores: cutting ResNet-18 after layer3 removes 3/4 of its parameters (layer4 holds
+8.4 M of 11.2 M) and a quarter of its compute, and leaves a stride-16 feature map, fine
+enough for small shapes (a 256-pixel image gives 16x16 = 256 tokens); without pretrained
+weights every stage trains, with ordinary BatchNorm (frozen BN would leave a randomly
+initialised network without any normalisation, see :mod:`sightkit.models.backbones`); a
+128-wide, 2+2-layer transformer is ample for a handful of objects per image, and 20 queries
+cover them with room to spare.
 """
 
 from __future__ import annotations
@@ -144,6 +147,7 @@ def build_detr(
     backbone: str = "resnet50",
     last_stage: int = 4,
     trainable_stages: int = 3,
+    backbone_norm: str = "frozen_bn",
     d_model: int = 256,
     nhead: int = 8,
     num_encoder_layers: int = 6,
@@ -158,8 +162,9 @@ def build_detr(
     """Build a :class:`DETR` from plain settings; the defaults are the paper's (``detr_r50``).
 
     ``num_classes=91`` is DETR's COCO setting (the largest COCO category id plus one); pass
-    your dataset's number of classes. ``backbone``, ``last_stage`` and ``trainable_stages``
-    go to :func:`build_backbone`; the rest to :class:`Transformer` and :class:`DETR`.
+    your dataset's number of classes. ``backbone``, ``last_stage``, ``trainable_stages`` and
+    ``backbone_norm`` (its ``norm``) go to :func:`build_backbone`; the rest to
+    :class:`Transformer` and :class:`DETR`.
     """
     transformer = Transformer(
         d_model=d_model,
@@ -172,7 +177,7 @@ def build_detr(
         return_intermediate=aux_loss,
     )
     return DETR(
-        build_backbone(backbone, last_stage, trainable_stages),
+        build_backbone(backbone, last_stage, trainable_stages, backbone_norm),
         transformer,
         num_classes=num_classes,
         num_queries=num_queries,
@@ -191,12 +196,13 @@ def detr_r50(**overrides: Any) -> DETR:
 @register_model
 def detr_r18_tiny(**overrides: Any) -> DETR:
     """A small DETR for CPU training from scratch: ResNet-18 up to layer3 (stride 16, all
-    stages trained), d_model 128, 4 heads, 2+2 layers, FFN 512, 20 queries (see the module
+    stages trained, ordinary BatchNorm), d_model 128, 4 heads, 2+2 layers, FFN 512, 20 queries (see the module
     docstring for why). Keyword arguments override these settings."""
     settings: dict[str, Any] = {
         "backbone": "resnet18",
         "last_stage": 3,
         "trainable_stages": 4,
+        "backbone_norm": "bn",
         "d_model": 128,
         "nhead": 4,
         "num_encoder_layers": 2,
