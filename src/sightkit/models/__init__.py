@@ -1,6 +1,12 @@
 """Models by name (``create_model``, ``list_models``), backbones and the DETR detector."""
 
 from sightkit._api import build_namespace
-from sightkit.models import backbones, detr, detr_postprocess, registry  # noqa: F401  (for their @export declarations)
+from sightkit.models import (
+    backbones,  # noqa: F401  (imported for its @export declarations)
+    detr,  # noqa: F401
+    detr_postprocess,  # noqa: F401
+    face,  # noqa: F401
+    registry,  # noqa: F401
+)
 
 __all__ = build_namespace(__name__, globals())
