@@ -129,7 +129,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per measurement (after one warm-up epoch)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements of each loader")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating measurements of each loader")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
