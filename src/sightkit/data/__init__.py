@@ -1,7 +1,7 @@
 """Datasets and data tools: COCO and Pascal VOC readers, transforms, collation, synthetic
-datasets, dataset checking."""
+datasets, semantic segmentation pairs, dataset checking."""
 
 from sightkit._api import build_namespace
-from sightkit.data import check, coco, collate, synthetic, transforms, voc  # noqa: F401  (for their @export declarations)
+from sightkit.data import check, coco, collate, segmentation, synthetic, transforms, voc  # noqa: F401  (for their @export declarations)
 
 __all__ = build_namespace(__name__, globals())
