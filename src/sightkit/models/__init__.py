@@ -6,7 +6,9 @@ from sightkit.models import (
     detr,  # noqa: F401
     detr_postprocess,  # noqa: F401
     face,  # noqa: F401
+    pose,  # noqa: F401
     registry,  # noqa: F401
+    seg,  # noqa: F401
 )
 
 __all__ = build_namespace(__name__, globals())
