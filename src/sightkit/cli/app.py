@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from sightkit.cli import tasks
 from sightkit.cli.data import data_app
+from sightkit.cli.demo import DemoConfig, run_demo
+from sightkit.config import config_help
 
 app = typer.Typer(
     name="sightkit",
@@ -12,10 +17,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
 app.add_typer(data_app, name="data")
+tasks.register(app)
 
 
 @app.callback()
@@ -23,12 +30,12 @@ def _root() -> None:
     """Find and recognise things in images."""
 
 
-@app.command()
-def demo(out: str = typer.Option("runs/demo", help="folder for the pictures")) -> None:
-    """Show sightkit's ops on a real photograph and write the pictures to OUT."""
-    from sightkit.cli.demo_ops import run_ops_demo
-
-    run_ops_demo(out)
+@app.command(epilog=f"\b\nkeys:\n{config_help(DemoConfig)}")
+def demo(
+    settings: Annotated[list[str] | None, typer.Argument(help="key=value settings (listed below)")] = None,
+) -> None:
+    """Train a small DETR on synthetic shapes, evaluate it and draw its predictions into runs/demo."""
+    tasks.run({"demo": (DemoConfig, run_demo)}, "MODE", "demo", settings)
 
 
 def main() -> None:
