@@ -2,6 +2,15 @@
 datasets, semantic segmentation pairs, dataset checking."""
 
 from sightkit._api import build_namespace
-from sightkit.data import check, coco, collate, segmentation, synthetic, transforms, voc  # noqa: F401  (for their @export declarations)
+from sightkit.data import (  # noqa: F401  (for their @export declarations)
+    check,
+    coco,
+    collate,
+    segmentation,
+    synthetic,
+    topdown,
+    transforms,
+    voc,
+)
 
 __all__ = build_namespace(__name__, globals())
