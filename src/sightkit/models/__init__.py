@@ -9,7 +9,6 @@ from sightkit.models import (
     pose,  # noqa: F401
     registry,  # noqa: F401
     seg,  # noqa: F401
-    seg,  # noqa: F401
 )
 
 __all__ = build_namespace(__name__, globals())
