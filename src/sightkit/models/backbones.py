@@ -135,3 +135,51 @@ def build_backbone(
     if name not in RESNETS:
         raise ValueError(f"backbone name must be one of {RESNETS} or '{TIMM_PREFIX}<timm model name>', got {name!r}")
     return ResNetBackbone(name, last_stage, trainable_stages, norm)
+
+
+@export("models.MultiScaleBackbone")
+class MultiScaleBackbone(nn.Module):
+    """The feature maps of several stages of a :class:`ResNetBackbone`, for multi-scale
+    detectors (Deformable DETR and DINO read layer2-4, strides 8, 16 and 32).
+
+    The stages run once; the module shares the ResNet's ``body``, so parameter names (and the
+    ``backbone.`` learning-rate prefix of a detector holding it as ``backbone``) are unchanged.
+
+    Args:
+        backbone: a ResNet from :func:`build_backbone`, cut at or after the last wanted stage.
+        stages: the ResNet stages (1-4) to return, increasing.
+
+    Attributes:
+        channels: channels of each returned map.
+        strides: stride of each returned map (``2^(stage+1)``).
+    """
+
+    def __init__(self, backbone: nn.Module, stages: tuple[int, ...] = (2, 3, 4)) -> None:
+        super().__init__()
+        if not isinstance(backbone, ResNetBackbone):
+            raise TypeError(
+                f"backbone must be a ResNetBackbone from build_backbone('resnet18' | 'resnet34' | 'resnet50'), "
+                f"got {type(backbone).__name__}"
+            )
+        available = len(backbone.body) - 1
+        if not stages or list(stages) != sorted(set(stages)) or not 1 <= stages[0] <= stages[-1] <= available:
+            raise ValueError(
+                f"stages must be increasing ResNet stages in [1, {available}] (the backbone's last stage), got {stages}"
+            )
+        self.body = backbone.body
+        self.stages = tuple(stages)
+        expansion = type(backbone.body[-1][-1]).expansion
+        self.channels: list[int] = [64 * 2 ** (stage - 1) * expansion for stage in self.stages]
+        self.strides: list[int] = [2 ** (stage + 1) for stage in self.stages]
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """``[B, 3, H, W]`` -> one ``[B, channels[i], ceil(H / strides[i]), ceil(W / strides[i])]`` map per stage."""
+        features = []
+        x = images
+        for index, stage in enumerate(self.body.children()):  # index 0 is the stem, k is layer k
+            x = stage(x)
+            if index in self.stages:
+                features.append(x)
+            if index == self.stages[-1]:
+                break
+        return features

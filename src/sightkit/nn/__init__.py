@@ -2,6 +2,8 @@
 
 from sightkit._api import build_namespace
 from sightkit.nn import (  # noqa: F401  (imported for their @export declarations)
+    deformable_attention,
+    deformable_transformer,
     flows,
     position_encoding,
     transformer,

@@ -1,4 +1,4 @@
-"""Object detection: DETR-family models on COCO-format data, trained by the engine.
+"""Object detection: DETR-family models (DETR, DINO) on COCO-format data, trained by the engine.
 
 One place builds everything a detection run needs from a typed config: the datasets and
 transforms (:mod:`sightkit.data`), the model (:func:`sightkit.models.create_model`), the set
@@ -20,8 +20,9 @@ size and the normalisation.
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,15 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from torchvision.ops import DeformConv2d
 
 from sightkit._api import export
 from sightkit.data.coco import CocoDetection, read_image
 from sightkit.data.collate import collate_detection
 from sightkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, detection_transforms
 from sightkit.engine.checkpoint import load_weights
+from sightkit.engine.data import call_model, to_device
+from sightkit.engine.distributed import unwrap_model
 from sightkit.engine.trainer import TrainConfig, Trainer
 from sightkit.eval.coco import CocoEvaluator
 from sightkit.losses.set_criterion import SetCriterion
@@ -67,7 +71,9 @@ class DetectConfig(TrainConfig):
     val_split: str = field(default="val", metadata=_help("annotations/<val_split>.json for evaluation ('' : none)"))
     imgsz: int = field(default=320, metadata=_help("shorter image side (the train recipe scales around it)"))
     max_size: int = field(default=512, metadata=_help("longest image side"))
-    eos_coef: float = field(default=0.1, metadata=_help("weight of the 'no object' class in the cross-entropy"))
+    eos_coef: float = field(
+        default=0.1, metadata=_help("weight of the 'no object' class in DETR's cross-entropy (softmax models)")
+    )
     top_k: int = field(default=100, metadata=_help("detections kept per image at evaluation"))
     out: str = field(default="runs/detect/train", metadata=_help("run folder (checkpoints, metrics, plots)"))
     epochs: int = field(default=50, metadata=_help("passes over the training data (0: steps decides)"))
@@ -137,11 +143,14 @@ class DetrCollate:
     Returns ``(inputs, targets)``: ``inputs = {"images": [B,3,H,W], "mask": [B,H,W]}`` (the
     model's keyword arguments) and one target dict per image with ``"labels"``, ``"boxes"``
     (normalised ``cxcywh``), ``"image_id"`` and ``"orig_size"`` (``(h, w)`` before resizing).
+    With ``with_targets`` the inputs also hold ``"targets"`` (the same list), for models that
+    read the targets in training (DINO's denoising queries).
     A class rather than a closure so that DataLoader workers can pickle it.
     """
 
-    def __init__(self, size_divisible: int = 32) -> None:
+    def __init__(self, size_divisible: int = 32, with_targets: bool = False) -> None:
         self.size_divisible = size_divisible
+        self.with_targets = with_targets
 
     def __call__(self, samples: Sequence[Any]) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
         batch = collate_detection(samples, self.size_divisible)
@@ -157,6 +166,32 @@ class DetrCollate:
                     "orig_size": target["orig_size"],
                 }
             )
+        inputs = {"images": batch.images, "mask": batch.padding_mask}
+        if self.with_targets:
+            inputs["targets"] = targets
+        return inputs, targets
+
+
+class DenseCollate:
+    """Collate detection samples for dense detectors (VFNet): the inputs of :class:`DetrCollate`
+    (padded images and padding mask), and targets whose ``"boxes"`` stay absolute ``xyxy`` in
+    the pixels of the resized image, as ATSS assignment and the GIoU losses need them.
+    """
+
+    def __init__(self, size_divisible: int = 32) -> None:
+        self.size_divisible = size_divisible
+
+    def __call__(self, samples: Sequence[Any]) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+        batch = collate_detection(samples, self.size_divisible)
+        targets = [
+            {
+                "labels": target["labels"],
+                "boxes": target["boxes"].as_subclass(Tensor).float(),
+                "image_id": int(target["image_id"]),
+                "orig_size": target["orig_size"],
+            }
+            for target in batch.targets
+        ]
         return {"images": batch.images, "mask": batch.padding_mask}, targets
 
 
@@ -189,6 +224,35 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     if name not in list_models():
         raise ValueError(f"model={name!r} is not a registered model; choose one of {', '.join(list_models())}")
     return create_model(name, num_classes=num_classes)
+
+
+def build_criterion(model: nn.Module, num_classes: int, config: DetectConfig) -> nn.Module:
+    """The model's own criterion when it declares one (``model.build_criterion()``: DINO's
+    varifocal and denoising losses), else DETR's :class:`SetCriterion` (softmax with "no object")."""
+    if callable(getattr(model, "build_criterion", None)):
+        return model.build_criterion()
+    aux_layers = len(model.transformer.decoder_layers) - 1 if getattr(model, "aux_loss", False) else 0
+    return SetCriterion(num_classes, eos_coef=config.eos_coef, aux_layers=aux_layers)
+
+
+def postprocess_of(model: nn.Module) -> Callable[..., list[dict[str, Tensor]]]:
+    """The function that turns ``model``'s outputs into detections: its own ``postprocess``
+    when it declares one (sigmoid models: top-k over queries x classes, :func:`dino_postprocess`),
+    else :func:`detr_postprocess` (softmax over classes and "no object")."""
+    return getattr(unwrap_model(model), "postprocess", detr_postprocess)
+
+
+def collate_for(model: nn.Module) -> DetrCollate | DenseCollate:
+    """The collation ``model`` trains on: :class:`DenseCollate` for models whose targets are
+    absolute ``xyxy`` boxes (``model.target_box_format == "xyxy"``: VFNet), else :class:`DetrCollate`."""
+    if getattr(unwrap_model(model), "target_box_format", "cxcywh") == "xyxy":
+        return DenseCollate()
+    return DetrCollate(with_targets=reads_targets(model))
+
+
+def reads_targets(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes the targets (in training: DINO's denoising queries)."""
+    return "targets" in inspect.signature(unwrap_model(model).forward).parameters
 
 
 def weights_metadata(config: DetectConfig, dataset: CocoDetection) -> dict[str, str]:
@@ -291,10 +355,11 @@ class CocoEvaluate:
         evaluator = CocoEvaluator(self.annotations, "bbox", self.category_ids)
         device = next(model.parameters()).device
         task = progress.add_task("evaluating", total=len(loader)) if progress is not None else None
+        postprocess = postprocess_of(model)
         for inputs, targets in loader:
-            outputs = model(**{k: v.to(device) for k, v in inputs.items()})
+            outputs = call_model(model, to_device(inputs, device))
             sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-            detections = detr_postprocess(outputs["pred_logits"], outputs["pred_boxes"], sizes, top_k=self.top_k)
+            detections = postprocess(outputs["pred_logits"], outputs["pred_boxes"], sizes, top_k=self.top_k)
             evaluator.update(
                 {t["image_id"]: {k: v.cpu() for k, v in d.items()} for t, d in zip(targets, detections, strict=True)}
             )
@@ -317,8 +382,7 @@ def train(config: DetectConfig) -> dict[str, float]:
     train_set, val_set = build_datasets(config)
     num_classes = len(train_set.categories)
     model = build_model(config.model, num_classes)
-    aux_layers = len(model.transformer.decoder_layers) - 1 if getattr(model, "aux_loss", False) else 0
-    criterion = SetCriterion(num_classes, eos_coef=config.eos_coef, aux_layers=aux_layers)
+    criterion = build_criterion(model, num_classes, config)
     evaluate_fn = None
     if val_set is not None:
         evaluate_fn = CocoEvaluate(val_set.annotation_file, val_set.category_map.category_ids, config.top_k)
@@ -331,7 +395,7 @@ def train(config: DetectConfig) -> dict[str, float]:
         config,
         loss_weights=criterion.weight_dict,
         val_data=val_set,
-        collate_fn=DetrCollate(),
+        collate_fn=collate_for(model),
         evaluate=evaluate_fn,
         weights_metadata=weights_metadata(config, train_set),
     )
@@ -355,7 +419,9 @@ def evaluate(config: DetectEvalConfig, console: Console | None = None) -> dict[s
             f"the weights were trained on category ids {detector.category_ids}, but {annotations} has "
             f"{list(dataset.category_map.category_ids)}"
         )
-    loader = DataLoader(dataset, batch_size=config.batch, num_workers=config.workers, collate_fn=DetrCollate())
+    loader = DataLoader(
+        dataset, batch_size=config.batch, num_workers=config.workers, collate_fn=collate_for(detector.model)
+    )
     evaluate_fn = CocoEvaluate(annotations, detector.category_ids, config.top_k)
     with Progress(console=console, transient=True) as progress:
         metrics = evaluate_fn(detector.model, loader, progress)
@@ -409,6 +475,7 @@ def predict(config: DetectPredictConfig, console: Console | None = None) -> list
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
+    postprocess = postprocess_of(detector.model)
     with Progress(console=console, transient=True) as progress, torch.no_grad():
         task = progress.add_task("predicting", total=len(paths))
         for path in paths:
@@ -417,7 +484,7 @@ def predict(config: DetectPredictConfig, console: Console | None = None) -> list
             tensor = transforms(image).as_subclass(Tensor)[None].to(device)
             outputs = detector.model(tensor)
             sizes = torch.tensor([[height, width]], device=device)
-            (found,) = detr_postprocess(outputs["pred_logits"], outputs["pred_boxes"], sizes, top_k=config.top_k)
+            (found,) = postprocess(outputs["pred_logits"], outputs["pred_boxes"], sizes, top_k=config.top_k)
             keep = found["scores"] >= config.conf
             found = {k: v[keep].cpu() for k, v in found.items()}
             names = [detector.classes[i] for i in found["labels"].tolist()]
@@ -449,7 +516,7 @@ def predict(config: DetectPredictConfig, console: Console | None = None) -> list
 def export_spec(weights: str | Path, imgsz: int = 0) -> ExportSpec:
     """What ``sightkit export onnx`` needs for detection weights: the model reduced to its final
     outputs, example inputs ``images`` [1,3,S,S] (normalised) and ``mask`` [1,S,S], and the
-    dynamic axes (batch, height, width)."""
+    dynamic axes (batch, height, width). Deformable convolutions (VFNet) need ONNX opset 19."""
     detector = load_detector(weights)
     side = imgsz or detector.imgsz
     batch, height, width = torch.export.Dim("batch", max=64), torch.export.Dim("height"), torch.export.Dim("width")
@@ -459,11 +526,12 @@ def export_spec(weights: str | Path, imgsz: int = 0) -> ExportSpec:
         inputs={"images": torch.randn(1, 3, side, side), "mask": torch.zeros(1, side, side, dtype=torch.bool)},
         output_names=["pred_logits", "pred_boxes"],
         dynamic_shapes={"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}},
+        min_opset=19 if any(isinstance(m, DeformConv2d) for m in detector.model.modules()) else 18,
     )
 
 
 class OnnxDetr(nn.Module):
-    """DETR with only the final outputs (``pred_logits``, ``pred_boxes``), for export."""
+    """A DETR-family detector with only the final outputs (``pred_logits``, ``pred_boxes``), for export."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

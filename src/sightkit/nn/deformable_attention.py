@@ -1,0 +1,210 @@
+"""Multi-scale deformable attention (Zhu et al., "Deformable DETR: Deformable Transformers for
+End-to-End Object Detection", ICLR 2021), in pure PyTorch.
+
+Each query looks at a few sampled points per head and feature level instead of at every
+key: the points are its reference point plus learned offsets, their features are read by
+bilinear interpolation, and a softmax over all ``levels x points`` weights them. The cost is
+linear in the number of queries, so the encoder can attend over stride-8 feature maps.
+
+The sampling is :func:`torch.nn.functional.grid_sample` (bilinear, zero padding,
+``align_corners=False``), the same computation as the official ``ms_deform_attn_core_pytorch``
+reference. Deformable DETR ships a custom CUDA kernel for speed; users of it have to compile
+that kernel for their CUDA and PyTorch versions, and it does not export to ONNX. Here nothing
+is compiled, it runs on any device, and it exports (ONNX ``GridSample``, opset >= 16; the
+dynamo exporter needs opset >= 18).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sightkit._api import export
+
+SpatialShapes = Sequence[tuple[int, int]]
+
+
+def _describe(value: object) -> str:
+    return f"{value.dtype} of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+
+
+@export("nn.ms_deform_attn")
+def ms_deform_attn(
+    value: Tensor, spatial_shapes: SpatialShapes, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """The core of multi-scale deformable attention: bilinear samples, weighted and summed.
+
+    For query ``q`` and head ``m``::
+
+        out[q, m] = sum_l sum_p  A[q, m, l, p] * bilinear(value_l[m], loc[q, m, l, p])
+
+    where ``bilinear`` reads level ``l``'s ``[h_l, w_l]`` map at a normalised location (0 and
+    1 are the outer edges of the first and last pixel, as in ``grid_sample`` with
+    ``align_corners=False``); points outside the map read zeros.
+
+    Args:
+        value: ``[B, N, M, D]`` values of ``M`` heads of width ``D`` for the ``N = sum h_l w_l``
+            tokens of all levels, each level flattened row-major, in the order of ``spatial_shapes``.
+        spatial_shapes: ``L`` pairs ``(h_l, w_l)``.
+        sampling_locations: ``[B, Q, M, L, P, 2]`` as ``(x, y)`` normalised to [0, 1] per level.
+        attention_weights: ``[B, Q, M, L, P]``, usually a softmax over ``L x P``.
+
+    Returns:
+        ``[B, Q, M * D]``, the heads concatenated.
+    """
+    if not isinstance(value, Tensor) or value.ndim != 4:
+        raise ValueError(f"value must be a tensor of shape [B, N, M, D], got {_describe(value)}")
+    batch, tokens, heads, head_dim = value.shape
+    levels = len(spatial_shapes)
+    if not isinstance(sampling_locations, Tensor) or sampling_locations.ndim != 6:
+        raise ValueError(
+            f"sampling_locations must be a tensor of shape [B, Q, M, L, P, 2], got {_describe(sampling_locations)}"
+        )
+    queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
+    expected = (batch, queries, heads, levels, points, 2)
+    if sampling_locations.shape != expected:
+        raise ValueError(
+            f"sampling_locations must have shape [B, Q, M, L, P, 2] = {list(expected)} (B, M from value, "
+            f"L = len(spatial_shapes)), got {tuple(sampling_locations.shape)}"
+        )
+    if not isinstance(attention_weights, Tensor) or attention_weights.shape != expected[:5]:
+        raise ValueError(
+            f"attention_weights must have shape [B, Q, M, L, P] = {list(expected[:5])}, got "
+            f"{_describe(attention_weights)}"
+        )
+    # Under torch.export the sizes are symbolic and cannot be compared with the token count here;
+    # torch.split below fails on a mismatch anyway.
+    if (
+        not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+        and sum(h * w for h, w in spatial_shapes) != tokens
+    ):
+        raise ValueError(
+            f"value has N = {tokens} tokens but spatial_shapes {list(spatial_shapes)} account for "
+            f"{sum(h * w for h, w in spatial_shapes)}"
+        )
+    value_levels = value.split([h * w for h, w in spatial_shapes], dim=1)
+    # grid_sample wants coordinates in [-1, 1].
+    grids = 2 * sampling_locations - 1
+    sampled = []
+    for level, (height, width) in enumerate(spatial_shapes):
+        # [B, h*w, M, D] -> [B*M, D, h, w]
+        level_value = value_levels[level].permute(0, 2, 3, 1).reshape(batch * heads, head_dim, height, width)
+        # [B, Q, M, P, 2] -> [B*M, Q, P, 2]
+        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        sampled.append(F.grid_sample(level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    # [B*M, D, Q, L, P] weighted by [B*M, 1, Q, L, P], summed over levels and points.
+    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
+    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
+    return output.view(batch, heads * head_dim, queries).transpose(1, 2)
+
+
+@export("nn.MultiScaleDeformableAttention")
+class MultiScaleDeformableAttention(nn.Module):
+    """Multi-scale deformable attention with its projections (Deformable DETR, section 4.1).
+
+    From each query, linear layers predict ``n_heads x n_levels x n_points`` sampling offsets
+    and attention weights (a softmax over the ``n_levels x n_points`` of a head); the values
+    are a linear projection of the input features; :func:`ms_deform_attn` samples and mixes
+    them, and an output projection follows.
+
+    Reference points are ``[B, Q, L, 2]`` points ``(x, y)`` or ``[B, Q, L, 4]`` boxes
+    ``(cx, cy, w, h)``, normalised to [0, 1] per level. Offsets of a point are in pixels of
+    each level; offsets of a box are fractions of its half size divided by ``n_points`` (the
+    box form of Deformable DETR's iterative refinement), so the points spread with the box.
+
+    The initialisation is the paper's: zero offset weights, with biases that put the points of
+    head ``m`` on a ray at angle ``2 pi m / n_heads``, ``1 .. n_points`` steps out; uniform
+    attention weights; Xavier value and output projections.
+
+    Args:
+        d_model: feature width (divisible by ``n_heads``).
+        n_levels: feature levels ``L``.
+        n_heads: attention heads ``M``.
+        n_points: sampling points ``P`` per head and level.
+    """
+
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model} and n_heads={n_heads}")
+        if min(n_levels, n_heads, n_points) < 1:
+            raise ValueError(f"n_levels, n_heads and n_points must be >= 1, got {n_levels}, {n_heads}, {n_points}")
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        directions = torch.stack([angles.cos(), angles.sin()], -1)
+        # Scale so that the larger coordinate is 1: the first point lands on a neighbouring pixel.
+        directions = directions / directions.abs().max(-1, keepdim=True).values
+        steps = torch.arange(1, self.n_points + 1, dtype=torch.float32)
+        grid = directions[:, None, None, :] * steps[None, None, :, None]
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.expand(-1, self.n_levels, -1, -1).flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for layer in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        value: Tensor,
+        spatial_shapes: SpatialShapes,
+        value_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Attend from each query to its sampled points.
+
+        Args:
+            query: ``[B, Q, d_model]``, position encoding included.
+            reference_points: ``[B, Q, L, 2]`` points or ``[B, Q, L, 4]`` boxes (class docstring).
+            value: ``[B, N, d_model]`` input features of all levels (``N = sum h_l w_l``).
+            spatial_shapes: ``L`` pairs ``(h_l, w_l)``.
+            value_padding_mask: ``[B, N]`` bool, True on padding (those values are zeroed).
+
+        Returns:
+            ``[B, Q, d_model]``.
+        """
+        batch, queries, _ = query.shape
+        if len(spatial_shapes) != self.n_levels:
+            raise ValueError(f"spatial_shapes must hold n_levels = {self.n_levels} pairs, got {len(spatial_shapes)}")
+        if reference_points.shape[:3] != (batch, queries, self.n_levels) or reference_points.shape[-1] not in (2, 4):
+            raise ValueError(
+                f"reference_points must have shape [B, Q, L, 2] or [B, Q, L, 4] = "
+                f"[{batch}, {queries}, {self.n_levels}, 2 | 4], got {tuple(reference_points.shape)}"
+            )
+        heads, levels, points = self.n_heads, self.n_levels, self.n_points
+        projected = self.value_proj(value)
+        if value_padding_mask is not None:
+            projected = projected.masked_fill(value_padding_mask[..., None], 0.0)
+        projected = projected.view(batch, value.shape[1], heads, self.d_model // heads)
+        offsets = self.sampling_offsets(query).view(batch, queries, heads, levels, points, 2)
+        weights = self.attention_weights(query).view(batch, queries, heads, levels * points).softmax(-1)
+        weights = weights.view(batch, queries, heads, levels, points)
+        if reference_points.shape[-1] == 2:
+            # Pixel offsets: divide by each level's (w, h); new_full keeps the sizes symbolic under torch.export.
+            sizes = torch.stack(
+                [torch.stack([query.new_full((), w), query.new_full((), h)]) for h, w in spatial_shapes]
+            )
+            locations = reference_points[:, :, None, :, None, :] + offsets / sizes[None, None, None, :, None, :]
+        else:
+            centres, half_sizes = reference_points[..., :2], reference_points[..., 2:] * 0.5
+            locations = centres[:, :, None, :, None, :] + offsets / points * half_sizes[:, :, None, :, None, :]
+        return self.output_proj(ms_deform_attn(projected, spatial_shapes, locations, weights))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, n_points={self.n_points}"
