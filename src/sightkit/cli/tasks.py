@@ -15,23 +15,14 @@ import typer
 from rich.console import Console
 
 from sightkit.config import ConfigError, build_config, config_help
-from sightkit.tasks import detect, segment
+from sightkit.tasks import detect, face
 from sightkit.tasks.export import ExportConfig, export_onnx
 
 Mode = dict[str, tuple[type, Callable[..., Any]]]
 
-TRAIN: Mode = {
-    "detect": (detect.DetectConfig, detect.train),
-    "segment": (segment.SegmentConfig, segment.train),
-}
-EVAL: Mode = {
-    "detect": (detect.DetectEvalConfig, detect.evaluate),
-    "segment": (segment.SegmentEvalConfig, segment.evaluate),
-}
-PREDICT: Mode = {
-    "detect": (detect.DetectPredictConfig, detect.predict),
-    "segment": (segment.SegmentPredictConfig, segment.predict),
-}
+TRAIN: Mode = {"detect": (detect.DetectConfig, detect.train), "face": (face.FaceConfig, face.train)}
+EVAL: Mode = {"detect": (detect.DetectEvalConfig, detect.evaluate), "face": (face.FaceEvalConfig, face.evaluate)}
+PREDICT: Mode = {"detect": (detect.DetectPredictConfig, detect.predict)}
 EXPORT: Mode = {"onnx": (ExportConfig, export_onnx)}
 
 Settings = Annotated[list[str] | None, typer.Argument(help="key=value settings (listed below)")]

@@ -6,6 +6,7 @@ from sightkit.data import (  # noqa: F401  (for their @export declarations)
     check,
     coco,
     collate,
+    faces,
     segmentation,
     synthetic,
     topdown,

@@ -1,10 +1,11 @@
 """Face embedders: IResNet (18/34/50/100, insightface's layout) and MobileFaceNet.
 
 Both map an aligned face crop (:func:`sightkit.ops.align_faces`, RGB, normalised as
-``(pixel / 255 - 0.5) / 0.5``) to a ``num_features``-d embedding; the margin-softmax
-classifier (:class:`sightkit.losses.PartialFC`) and the verification code compare
-L2-normalised embeddings by cosine. :func:`embed_faces` gives those, optionally averaged
-with the embedding of the mirrored crop (insightface's flip test).
+``(pixel / 255 - 0.5) / 0.5`` by :func:`sightkit.data.faces.normalise_face`) to a
+``num_features``-d embedding; the margin-softmax classifier (:class:`sightkit.losses.PartialFC`)
+and the verification code compare L2-normalised embeddings by cosine. :func:`embed_faces`
+gives those, optionally averaged with the embedding of the mirrored crop (insightface's
+flip test).
 
 - IResNet (Deng et al., ArcFace, CVPR 2019; the "improved" residual unit of Duta et al.):
   a stride-1 3x3 stem, four stages of BN-conv-BN-PReLU-conv-BN blocks that each halve the
@@ -28,10 +29,6 @@ from torch import Tensor, nn
 
 from sightkit._api import export
 from sightkit.models.registry import register_model
-
-#: The embedders' input normalisation on [0, 1] pixels: ``(x - 0.5) / 0.5`` (insightface).
-FACE_MEAN = (0.5, 0.5, 0.5)
-FACE_STD = (0.5, 0.5, 0.5)
 
 
 def _check_input_size(input_size: int, stride: int) -> int:
