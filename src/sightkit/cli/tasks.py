@@ -15,14 +15,25 @@ import typer
 from rich.console import Console
 
 from sightkit.config import ConfigError, build_config, config_help
-from sightkit.tasks import detect, face
+from sightkit.tasks import detect, face, segment
 from sightkit.tasks.export import ExportConfig, export_onnx
 
 Mode = dict[str, tuple[type, Callable[..., Any]]]
 
-TRAIN: Mode = {"detect": (detect.DetectConfig, detect.train), "face": (face.FaceConfig, face.train)}
-EVAL: Mode = {"detect": (detect.DetectEvalConfig, detect.evaluate), "face": (face.FaceEvalConfig, face.evaluate)}
-PREDICT: Mode = {"detect": (detect.DetectPredictConfig, detect.predict)}
+TRAIN: Mode = {
+    "detect": (detect.DetectConfig, detect.train),
+    "face": (face.FaceConfig, face.train),
+    "segment": (segment.SegmentConfig, segment.train),
+}
+EVAL: Mode = {
+    "detect": (detect.DetectEvalConfig, detect.evaluate),
+    "face": (face.FaceEvalConfig, face.evaluate),
+    "segment": (segment.SegmentEvalConfig, segment.evaluate),
+}
+PREDICT: Mode = {
+    "detect": (detect.DetectPredictConfig, detect.predict),
+    "segment": (segment.SegmentPredictConfig, segment.predict),
+}
 EXPORT: Mode = {"onnx": (ExportConfig, export_onnx)}
 
 Settings = Annotated[list[str] | None, typer.Argument(help="key=value settings (listed below)")]
