@@ -11,6 +11,7 @@ from sightkit.losses import (
     segmentation,  # noqa: F401
     set_criterion,  # noqa: F401
     varifocal,  # noqa: F401
+    vfnet_criterion,  # noqa: F401
 )
 
 __all__ = build_namespace(__name__, globals())

@@ -9,9 +9,11 @@ from sightkit.models import (
     dino,  # noqa: F401
     dino_postprocess,  # noqa: F401
     face,  # noqa: F401
+    fpn,  # noqa: F401
     pose,  # noqa: F401
     registry,  # noqa: F401
     seg,  # noqa: F401
+    vfnet,  # noqa: F401
 )
 
 __all__ = build_namespace(__name__, globals())

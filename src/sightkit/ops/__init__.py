@@ -3,6 +3,7 @@
 from sightkit._api import build_namespace
 from sightkit.ops import (
     align,  # noqa: F401
+    atss,  # noqa: F401
     boxes,  # noqa: F401  (imported for its @export declarations)
     keypoints,  # noqa: F401
     matching,  # noqa: F401

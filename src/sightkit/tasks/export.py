@@ -46,6 +46,8 @@ class ExportSpec:
         inputs: example inputs by name, in the order of ``module.forward``'s arguments.
         output_names: one name per returned tensor.
         dynamic_shapes: per input name, ``{axis: torch.export.Dim}`` for the axes that vary.
+        min_opset: the lowest ONNX opset that has the module's operators (19 for ``DeformConv``);
+            a lower ``opset=`` setting is raised to it.
     """
 
     module: nn.Module
@@ -53,6 +55,7 @@ class ExportSpec:
     inputs: dict[str, Tensor]
     output_names: list[str]
     dynamic_shapes: dict[str, Any] | None = None
+    min_opset: int = 18
 
 
 def task_of(weights: str | Path) -> str:
@@ -79,6 +82,9 @@ def export_onnx(config: ExportConfig, console: Console | None = None) -> Path:
     spec: ExportSpec = importlib.import_module(f"sightkit.tasks.{task}").export_spec(config.weights, config.imgsz)
     out = Path(config.out) if config.out else Path(config.weights).with_suffix(".onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
+    opset = max(config.opset, spec.min_opset)
+    if opset != config.opset:
+        console.print(f"opset {config.opset} lacks operators of {spec.name}; exporting with opset {opset}")
     spec.module.eval()
     start = time.perf_counter()
     torch.onnx.export(
@@ -86,7 +92,7 @@ def export_onnx(config: ExportConfig, console: Console | None = None) -> Path:
         tuple(spec.inputs.values()),
         str(out),
         dynamo=True,
-        opset_version=config.opset,
+        opset_version=opset,
         input_names=list(spec.inputs),
         output_names=spec.output_names,
         dynamic_shapes=spec.dynamic_shapes,
