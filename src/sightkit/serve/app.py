@@ -1,0 +1,430 @@
+"""``sightkit serve``: the HTTP API (FastAPI) around a trained model, with dynamic batching.
+
+Endpoints (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``):
+
+- ``POST /v1/predict``: one or more images (multipart field ``images``) -> detections in the
+  schema of ``sightkit predict detect``;
+- ``GET /v1/model``: task, model, classes, input size, weights hash, batching and limits;
+- ``GET /healthz``, ``GET /metrics`` (Prometheus text format);
+- ``/v1/face/...`` (with ``face_weights=``): enrol, identify, verify, delete, list, on a
+  persistent SQLite gallery (:mod:`sightkit.serve.face`);
+- ``GET /``: a web page to try it (upload or drop an image, see the boxes and a table).
+
+Every error is JSON ``{"detail": ..., "error": ...}`` with a 4xx status when the request is at
+fault (not an image, damaged, too large, too many pixels or files, a bad key), 503 when the
+server is overloaded or shutting down, 504 when the answer takes longer than ``timeout_s``.
+Uploads are decoded and resized in FastAPI's thread pool, the model runs in one inference
+thread fed by a :class:`~sightkit.serve.batching.DynamicBatcher`, and the event loop only
+moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sightkit.serve.batching import BatcherClosedError, DynamicBatcher, QueueFullError
+from sightkit.serve.errors import ServeError
+from sightkit.serve.images import decode_image
+from sightkit.serve.metrics import ServeMetrics
+from sightkit.serve.schemas import ErrorBody, Health, ModelInfo, PredictResponse
+
+LOG = logging.getLogger("sightkit.serve")
+STATIC = Path(__file__).parent / "static"
+#: Error statuses the API answers, with the shared body, for the OpenAPI schema.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (400, "damaged image or malformed request"),
+        (413, "upload, file count or pixel count over the limit"),
+        (415, "the content is not an allowed image type"),
+        (422, "a missing or invalid field"),
+        (503, "overloaded or shutting down"),
+        (504, "no answer within timeout_s"),
+    )
+}
+# Codes for statuses that Starlette or FastAPI raise themselves (unknown path, body limit, ...).
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class ServeConfig:
+    """Settings of ``sightkit serve``."""
+
+    weights: str = field(default="", metadata=_help("detector weights (.safetensors from sightkit train detect)"))
+    face_weights: str = field(default="", metadata=_help("face embedder weights for /v1/face/* ('' : no face API)"))
+    gallery: str = field(default="runs/serve/gallery.db", metadata=_help("SQLite file of the face gallery"))
+    host: str = field(default="127.0.0.1", metadata=_help("address to listen on (0.0.0.0: every interface)"))
+    port: int = field(default=8000, metadata=_help("TCP port"))
+    max_batch: int = field(default=8, metadata=_help("most images per forward pass (1: no batching)"))
+    max_wait_ms: float = field(default=5.0, metadata=_help("longest wait for a batch to fill, from the first arrival"))
+    max_queue: int = field(default=256, metadata=_help("most images waiting; beyond, requests get 503"))
+    timeout_s: float = field(default=30.0, metadata=_help("a request waiting longer for its answer gets 504"))
+    max_upload_mb: float = field(default=16.0, metadata=_help("largest request body in MiB (413 beyond)"))
+    max_images: int = field(default=16, metadata=_help("most images in one request"))
+    max_pixels: int = field(default=40_000_000, metadata=_help("most pixels in one image (413 beyond)"))
+    conf: float = field(default=0.5, metadata=_help("default score threshold of /v1/predict (a query may set it)"))
+    top_k: int = field(default=100, metadata=_help("most detections per image"))
+    face_threshold: float = field(default=0.4, metadata=_help("cosine similarity at which two faces are the same"))
+    api_key: str = field(
+        default="", metadata=_help("key for enrol/delete in header X-API-Key ('' : $SIGHTKIT_API_KEY, else none)")
+    )
+    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
+    threads: int = field(default=0, metadata=_help("torch intra-op threads (0: torch's default)"))
+    log_level: str = field(default="info", metadata=_help("uvicorn log level: debug, info, warning, error"))
+
+
+def _check_config(config: ServeConfig) -> None:
+    if not config.weights and not config.face_weights:
+        raise ValueError("weights= (a detector) or face_weights= (a face embedder) is required")
+    for key in ("max_batch", "max_queue", "max_images", "max_pixels", "top_k"):
+        if getattr(config, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(config, key)}")
+    for key in ("max_upload_mb", "timeout_s"):
+        if not getattr(config, key) > 0:
+            raise ValueError(f"{key} must be > 0, got {getattr(config, key)}")
+    if config.max_wait_ms < 0:
+        raise ValueError(f"max_wait_ms must be >= 0, got {config.max_wait_ms}")
+    if not 0 <= config.conf <= 1:
+        raise ValueError(f"conf must be in [0, 1], got {config.conf}")
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Server:
+    """What the app holds: the models, their batchers, the gallery, the metrics."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        from sightkit.serve.detect import DetectPredictor
+
+        _check_config(config)
+        if config.weights and not config.face_weights:
+            from sightkit.tasks.detect import read_metadata
+
+            if read_metadata(config.weights).get("task") == "face":  # face weights given as weights=
+                config = dataclasses.replace(config, weights="", face_weights=config.weights)
+        self.config = config
+        self.device = _device(config.device)
+        self.metrics = ServeMetrics()
+        # One inference thread for every model: on a CPU two models computing at once only
+        # slow each other down, and on a GPU they would share one stream anyway.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sightkit-infer")
+        self.detector: DetectPredictor | None = None
+        self.batchers: dict[str, DynamicBatcher[Any, Any]] = {}
+        self.face: Any = None
+        if config.weights:
+            self.detector = DetectPredictor(config.weights, self.device, top_k=config.top_k)
+            self.batchers["detect"] = self._batcher(self.detector.name, self.detector.infer, self.detector.group)
+        if config.face_weights:
+            from sightkit.serve.face import FaceService
+
+            self.face = FaceService(config.face_weights, config.gallery, self.device, threshold=config.face_threshold)
+            self.batchers["face"] = self._batcher(self.face.name, self.face.infer)
+        self.api_key = config.api_key or os.environ.get("SIGHTKIT_API_KEY", "")
+
+    def _batcher(
+        self, name: str, infer: Callable[[list[Any]], list[Any]], group: Callable[[Any], Any] | None = None
+    ) -> DynamicBatcher[Any, Any]:
+        batcher: DynamicBatcher[Any, Any] = DynamicBatcher(
+            infer,
+            max_batch=self.config.max_batch,
+            max_wait_ms=self.config.max_wait_ms,
+            max_queue=self.config.max_queue,
+            executor=self.executor,
+            on_batch=lambda size, seconds: self.metrics.observe_batch(name, size, seconds),
+            group=group,
+        )
+        self.metrics.track_queue(name, lambda: batcher.queued)
+        return batcher
+
+    async def start(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.start()
+
+    async def close(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.close()
+        self.executor.shutdown(wait=True)
+        if self.face is not None:
+            self.face.close()
+
+    async def run(self, which: str, item: Any) -> Any:
+        """``item``'s answer from the ``which`` batcher, with the errors mapped to statuses."""
+        try:
+            return await self.batchers[which].submit(item, timeout=self.config.timeout_s)
+        except QueueFullError as error:
+            raise ServeError(503, "overloaded", f"the server is overloaded ({error}); retry later") from None
+        except BatcherClosedError:
+            raise ServeError(503, "shutting_down", "the server is shutting down") from None
+        except TimeoutError:
+            raise ServeError(
+                504, "timeout", f"no answer within timeout_s={self.config.timeout_s} s (the server is busy)"
+            ) from None
+        except Exception as error:  # the model failed (e.g. out of memory): log it, answer 500, go on
+            LOG.exception("inference failed")
+            raise ServeError(500, "inference_failed", f"inference failed: {type(error).__name__}: {error}") from None
+
+    async def read_images(self, uploads: list[UploadFile]) -> list[tuple[str, torch.Tensor]]:
+        """Decode every upload (in the thread pool); the first bad one fails the request."""
+        if len(uploads) > self.config.max_images:
+            raise ServeError(
+                413, "too_many_images", f"{len(uploads)} images in one request; max_images={self.config.max_images}"
+            )
+        decoded = []
+        for index, upload in enumerate(uploads):
+            name = upload.filename or f"image {index}"
+            data = await upload.read()
+            image = await run_in_threadpool(decode_image, data, name, self.config.max_pixels)
+            decoded.append((name, image))
+        return decoded
+
+    def info(self) -> dict[str, Any]:
+        config = self.config
+        info: dict[str, Any] = {
+            "task": None,
+            "device": str(self.device),
+            "conf": config.conf,
+            "top_k": config.top_k,
+            "batching": {
+                "max_batch": config.max_batch,
+                "max_wait_ms": config.max_wait_ms,
+                "max_queue": config.max_queue,
+            },
+            "limits": {
+                "max_upload_bytes": max_upload_bytes(config),
+                "max_images": config.max_images,
+                "max_pixels": config.max_pixels,
+                "timeout_s": config.timeout_s,
+            },
+            "face": None,
+        }
+        if self.detector is not None:
+            info.update(self.detector.info())
+        if self.face is not None:
+            info["face"] = {**self.face.info(), "api_key_required": bool(self.api_key)}
+        return info
+
+
+def max_upload_bytes(config: ServeConfig) -> int:
+    return int(config.max_upload_mb * 2**20)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit (FastAPI lets HTTP
+    exceptions from body parsing through, so the exception handlers answer it)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than the limit of {limit} bytes (max_upload_mb)")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies larger than ``limit`` bytes with a JSON 413.
+
+    A ``Content-Length`` over the limit is refused before anything is read; a body without
+    one (chunked) is counted as it arrives and refused as soon as it passes the limit, so a
+    client can never make the server buffer more than ``limit`` bytes.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            error = BodyTooLarge(self.limit)
+            await _error(413, "too_large", error.detail)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+class RequestMetrics:
+    """ASGI middleware: count each HTTP request by route and status and time it.
+
+    The route's path template (``/v1/face/{name}``), not the path, labels the metrics, so that
+    their number stays bounded; paths that match no route count as ``other``.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "other")
+            self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message, "error": code}, status_code=status, headers=headers)
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
+        parts.append(f"{where or 'request'}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    """The FastAPI app serving ``config.weights`` (and ``config.face_weights``).
+
+    The models are loaded here, so that bad weights fail before a server starts; the batchers
+    start and stop with the app's lifespan (``with TestClient(app)`` or uvicorn).
+
+    Raises:
+        ValueError, FileNotFoundError: bad settings or weights.
+    """
+    server = Server(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.close()
+
+    app = FastAPI(
+        title="sightkit",
+        summary="Detections (and face recognition) from a model trained with sightkit.",
+        lifespan=lifespan,
+        # Starlette refuses more files with a bare 400; one more than allowed lets read_images
+        # answer the clearer 413 for requests just over the limit.
+        form_limits={"max_files": config.max_images + 1, "max_fields": 16},
+    )
+    app.state.server = server
+    app.add_middleware(BodyLimit, limit=max_upload_bytes(config))
+    # Added last, so outermost: refused bodies are counted too.
+    app.add_middleware(RequestMetrics, metrics=server.metrics)
+
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, error: ServeError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if error.status == 503 else None
+        return _error(error.status, error.code, error.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_request", _validation_message(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(error.status_code, "http_error")
+        return _error(error.status_code, code, str(error.detail), getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        return _error(500, "internal", f"internal error: {type(error).__name__}: {error}")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz", response_model=Health, summary="Liveness: the server answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response)
+    async def metrics() -> Response:
+        return Response(server.metrics.render(), media_type=server.metrics.content_type)
+
+    @app.get("/v1/model", response_model=ModelInfo, summary="What is served: task, classes, input size, weights")
+    async def model_info() -> dict[str, Any]:
+        info = server.info()
+        if server.face is not None:
+            info["face"]["identities"] = len(await run_in_threadpool(server.face.gallery.identities))
+        return info
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS, summary="Detect objects in images")
+    async def predict(
+        images: Annotated[list[UploadFile], File(description="one or more JPEG, PNG, WebP or BMP images")],
+        conf: Annotated[float | None, Query(ge=0, le=1, description="score threshold (default: the server's)")] = None,
+        top_k: Annotated[int | None, Query(ge=1, description="most detections per image")] = None,
+    ) -> dict[str, Any]:
+        detector = server.detector
+        if detector is None:
+            raise ServeError(404, "no_detector", "this server has no detector (started with face_weights only)")
+        decoded = await server.read_images(images)
+        prepared = [await run_in_threadpool(detector.prepare, image) for _, image in decoded]
+        found = await asyncio.gather(*(server.run("detect", item) for item in prepared))
+        threshold = config.conf if conf is None else conf
+        limit = min(top_k or config.top_k, config.top_k)
+        results = [
+            {
+                "image": name,
+                "width": item.width,
+                "height": item.height,
+                "detections": [d for d in detections if d["score"] >= threshold][:limit],
+            }
+            for (name, _), item, detections in zip(decoded, prepared, found, strict=True)
+        ]
+        return {"task": detector.task, "model": detector.name, "results": results}
+
+    if server.face is not None:
+        from sightkit.serve.face import face_router
+
+        app.include_router(face_router(server, ERRORS))
+    return app
+
+
+def run_server(config: ServeConfig) -> None:
+    """Build the app and serve it with uvicorn until interrupted (``sightkit serve``)."""
+    import uvicorn
+
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    app = create_app(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_keep_alive=5)

@@ -1,0 +1,210 @@
+"""A persistent face gallery: enrolled identities and their embeddings in SQLite.
+
+SQLite is the embedded default because it needs no server, survives crashes by design and
+lets several processes share one file. The file is opened in WAL mode (readers never block
+the writer), every write is one ``BEGIN IMMEDIATE`` transaction, and ``synchronous=FULL``
+makes a committed enrolment durable even across a power cut, so nothing acknowledged to a
+client is lost. Schema::
+
+    gallery_info(key TEXT PRIMARY KEY, value TEXT)   -- the embedder and its dimension
+    faces(id INTEGER PRIMARY KEY, name TEXT, embedding BLOB, source TEXT, created REAL)
+
+Embeddings are stored as little-endian float32 blobs of the L2-normalised vectors. The
+gallery remembers which embedder wrote them: embeddings of two models are not comparable,
+so opening a gallery with another embedder is an error rather than silent nonsense.
+
+Identification compares a query with one *template* per identity, the normalised mean of its
+embeddings (the IJB-B/C template protocol), by cosine similarity. The templates are cached in
+memory and rebuilt when the data changed, by this process or (seen through SQLite's
+``PRAGMA data_version``) by another.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Longest identity name accepted.
+MAX_NAME_LENGTH = 128
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gallery_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS faces (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    embedding BLOB NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS faces_name ON faces(name);
+"""
+
+
+class GalleryMismatchError(ValueError):
+    """The gallery file was written with another embedder or embedding size."""
+
+
+def check_name(name: object) -> str:
+    """``name`` stripped; a ``ValueError`` for empty, over-long or control-character names."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, got {type(name).__name__}")
+    stripped = name.strip()
+    if not stripped or len(stripped) > MAX_NAME_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in stripped):
+        raise ValueError(
+            f"name must be 1 to {MAX_NAME_LENGTH} printable characters, got {name[: MAX_NAME_LENGTH + 8]!r}"
+        )
+    return stripped
+
+
+class FaceGallery:
+    """Enrolled faces in the SQLite file ``path`` (created when missing).
+
+    Args:
+        path: the database file.
+        embedder: what identifies the embedding model (e.g. its name and weights hash);
+            stored on creation and checked on every later open.
+        dim: embedding size ``D``.
+
+    Raises:
+        GalleryMismatchError: the file was created for another ``embedder`` or ``dim``.
+
+    Thread-safe: the methods share one connection under a lock. Other processes may open
+    the same file at the same time.
+    """
+
+    def __init__(self, path: str | Path, embedder: str, dim: int) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.embedder, self.dim = embedder, dim
+        self._lock = threading.Lock()
+        # isolation_level=None: no implicit transactions; writes open BEGIN IMMEDIATE themselves.
+        # check_same_thread=False: the connection is used from FastAPI's worker threads, one at a time.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        with self._lock, self._transaction():
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(statement)
+            stored = dict(self._db.execute("SELECT key, value FROM gallery_info").fetchall())
+            if not stored:
+                self._db.executemany(
+                    "INSERT INTO gallery_info(key, value) VALUES (?, ?)", [("embedder", embedder), ("dim", str(dim))]
+                )
+            elif stored.get("embedder") != embedder or stored.get("dim") != str(dim):
+                raise GalleryMismatchError(
+                    f"gallery {str(self.path)!r} holds embeddings of embedder={stored.get('embedder')!r} "
+                    f"dim={stored.get('dim')}, not of embedder={embedder!r} dim={dim}; embeddings of different "
+                    "models cannot be compared: use another gallery file or the embedder that made it"
+                )
+        self._templates: tuple[list[str], Tensor] | None = None
+        self._data_version = -1
+
+    # ------------------------------------------------------------------ writes
+
+    def enroll(self, name: str, embeddings: Tensor, sources: list[str] | None = None) -> int:
+        """Add ``embeddings`` ``[N, D]`` (L2-normalised here) for ``name``; returns how many the
+        identity has now. All of them are added, or none if anything fails."""
+        name = check_name(name)
+        if not isinstance(embeddings, Tensor) or embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
+            got = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
+            raise ValueError(f"embeddings must have shape [N, {self.dim}], got {got}")
+        if embeddings.shape[0] == 0:
+            raise ValueError("embeddings must hold at least one face, got 0")
+        if not torch.isfinite(embeddings).all():
+            raise ValueError("embeddings must be finite")
+        sources = sources if sources is not None else [""] * embeddings.shape[0]
+        if len(sources) != embeddings.shape[0]:
+            raise ValueError(f"sources must have one entry per embedding ({embeddings.shape[0]}), got {len(sources)}")
+        vectors = F.normalize(embeddings.detach().float().cpu(), dim=1).numpy().astype("<f4")
+        now = time.time()
+        rows = [(name, vector.tobytes(), source, now) for vector, source in zip(vectors, sources, strict=True)]
+        with self._lock, self._transaction():
+            self._db.executemany("INSERT INTO faces(name, embedding, source, created) VALUES (?, ?, ?, ?)", rows)
+            (count,) = self._db.execute("SELECT COUNT(*) FROM faces WHERE name = ?", (name,)).fetchone()
+            self._templates = None
+        return int(count)
+
+    def delete(self, name: str) -> int:
+        """Remove every embedding of ``name``; returns how many were removed (0: unknown name)."""
+        name = check_name(name)
+        with self._lock, self._transaction():
+            removed = self._db.execute("DELETE FROM faces WHERE name = ?", (name,)).rowcount
+            self._templates = None
+        return int(removed)
+
+    # ------------------------------------------------------------------ reads
+
+    def identities(self) -> dict[str, int]:
+        """``{name: number of embeddings}``, sorted by name."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, COUNT(*) FROM faces GROUP BY name ORDER BY name").fetchall()
+        return {name: int(count) for name, count in rows}
+
+    def templates(self) -> tuple[list[str], Tensor]:
+        """Names (sorted) and their templates ``[K, D]``: the L2-normalised mean embedding."""
+        with self._lock:
+            (version,) = self._db.execute("PRAGMA data_version").fetchone()
+            if self._templates is None or version != self._data_version:
+                self._templates = self._read_templates()
+                self._data_version = version
+            return self._templates
+
+    def identify(self, embeddings: Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each query ``[M, D]``, the ``top_k`` identities with the highest cosine similarity
+        between the query and the identity's template, best first."""
+        if not isinstance(embeddings, Tensor) or embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
+            got = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
+            raise ValueError(f"embeddings must have shape [M, {self.dim}], got {got}")
+        names, templates = self.templates()
+        if not names:
+            return [[] for _ in range(embeddings.shape[0])]
+        scores = F.normalize(embeddings.detach().float().cpu(), dim=1) @ templates.T
+        best = scores.topk(min(top_k, len(names)), dim=1)
+        return [
+            [(names[i], round(float(s), 6)) for s, i in zip(row_scores, row_index, strict=True)]
+            for row_scores, row_index in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _read_templates(self) -> tuple[list[str], Tensor]:
+        rows = self._db.execute("SELECT name, embedding FROM faces ORDER BY name, id").fetchall()
+        if not rows:
+            return [], torch.zeros(0, self.dim)
+        names = sorted({name for name, _ in rows})
+        index = {name: i for i, name in enumerate(names)}
+        joined = bytearray(b"".join(blob for _, blob in rows))  # writable, as torch.from_numpy wants
+        vectors = torch.from_numpy(np.frombuffer(joined, dtype="<f4").reshape(-1, self.dim))
+        owner = torch.tensor([index[name] for name, _ in rows])
+        sums = torch.zeros(len(names), self.dim).index_add_(0, owner, vectors.float())
+        return names, F.normalize(sums, dim=1)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error): the write lock is taken at the
+    start, so two writers queue on SQLite's busy timeout instead of failing halfway."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
