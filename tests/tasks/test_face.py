@@ -12,6 +12,7 @@ import torch
 from sightkit.data.synthetic.faces import synthesize_faces
 from sightkit.engine.checkpoint import save_weights
 from sightkit.tasks.face import FaceConfig, load_embedder, train, verification_metrics
+from sightkit.tasks.face_gallery import FaceGallery, impostor_thresholds
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,21 @@ def test_cli_train_eval_export(faces: Path, tmp_path: Path) -> None:
     result = _run("export", "onnx", f"weights={weights}", f"out={tmp_path / 'face.onnx'}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "onnxruntime vs PyTorch" in result.stdout and (tmp_path / "face.onnx").is_file()
+    # The gallery: enrol the held-out people, identify one of their images, verify two.
+    test, landmarks = faces / "test", f"landmarks={faces / 'landmarks.json'}"
+    result = _run(
+        "face", "enroll", str(test), f"weights={weights}", landmarks, f"out={tmp_path / 'gallery.safetensors'}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "enrolled 20 people (200 images)" in result.stdout
+    image = test / "person_00041" / "person_00041_0003.png"
+    gallery = f"gallery={tmp_path / 'gallery.safetensors'}"
+    result = _run("face", "identify", str(image), gallery, landmarks, "far=0.1", f"out={tmp_path / 'who'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = json.loads((tmp_path / "who" / "identities.json").read_text())
+    assert record["image"] == str(image) and len(record["candidates"]) == 5
+    result = _run("face", "verify", str(image), str(image), gallery, landmarks, "far=0.1")
+    assert result.returncode == 0 and "similarity 1.0000" in result.stdout and "same person" in result.stdout
     result = _run("eval", "face", f"weights={weights}", "pairs=/nonexistent/pairs.txt")
     assert result.returncode == 2 and "pairs='/nonexistent/pairs.txt' does not exist" in result.stderr
 
@@ -87,3 +103,36 @@ def test_load_embedder_refuses_foreign_weights(tmp_path: Path) -> None:
 def test_unknown_embedder_is_an_error(faces: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model='detr_r18_tiny' is not a face embedder; choose one of"):
         train(FaceConfig(model="detr_r18_tiny", data=str(faces), out=str(tmp_path)))
+
+
+def test_gallery_search_thresholds_and_round_trip(tmp_path: Path) -> None:
+    # Three people on the axes of R^3, ann twice: per-person scores are each person's best entry.
+    embeddings = torch.tensor([[1.0, 0, 0], [0.6, 0.8, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    names = ["ann", "ann", "bob", "cy"]
+    gallery = FaceGallery(names, embeddings, "w.safetensors", {0.1: 0.5})
+    query = torch.tensor([[0.0, 0.96, 0.28]])
+    assert gallery.search(query, top_k=3) == [
+        [("bob", pytest.approx(0.96)), ("ann", pytest.approx(0.768)), ("cy", pytest.approx(0.28))]
+    ]
+    path = gallery.save(tmp_path / "g.safetensors")
+    loaded = FaceGallery.load(path)
+    assert loaded.names == names and loaded.thresholds == {0.1: 0.5} and torch.equal(loaded.embeddings, embeddings)
+    assert loaded.threshold(0.2) == 0.5
+    with pytest.raises(ValueError, match=r"far=0\.01 is below every FAR the gallery could calibrate"):
+        loaded.threshold(0.01)
+
+
+def test_impostor_thresholds_exact_by_hand_and_streaming() -> None:
+    # Impostor pairs (i < j, different people): ann-bob 0.8 and 0.0, ann-cy 0 and 0, bob-cy 0 -> five
+    # scores {0.8, 0, 0, 0, 0}, one of them above 0: FAR 0.2 lets exactly the 0.8 pair through.
+    embeddings = torch.tensor([[1.0, 0, 0], [0.6, 0.8, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    thresholds = impostor_thresholds(embeddings, ["ann", "ann", "bob", "cy"], fars=(0.2, 0.1))
+    assert thresholds == {0.2: pytest.approx(0.0)}  # 0.1 needs 10 impostor pairs
+    # 600 random people: 179,700 impostor pairs; the streaming estimate (forced) agrees with the exact one.
+    g = torch.Generator().manual_seed(0)
+    many = torch.nn.functional.normalize(torch.randn(600, 16, generator=g))
+    people = [f"p{k}" for k in range(600)]
+    exact = impostor_thresholds(many, people, fars=(1e-1, 1e-2))
+    streamed = impostor_thresholds(many, people, fars=(1e-1, 1e-2), block=64, exact_limit=0)
+    for far in (1e-1, 1e-2):
+        assert abs(streamed[far] - exact[far]) < 0.01, (far, streamed[far], exact[far])

@@ -107,12 +107,27 @@ class FaceFolder(Dataset):
         if not self.samples:
             raise FileNotFoundError(f"no face images ({', '.join(IMAGE_SUFFIXES)}) in identity folders of {self.root}")
         self.landmarks = read_landmarks(landmarks)
+        self._check_landmarks(landmarks)
+
+    def _check_landmarks(self, landmarks: str | Path | None) -> None:
         if self.landmarks:
             missing = [str(p) for p, _ in self.samples if str(p.resolve()) not in self.landmarks]
             if missing:
                 raise ValueError(
                     f"landmarks={str(landmarks)!r} has no entry for {len(missing)} images, e.g. {missing[0]}"
                 )
+
+    @classmethod
+    def from_files(
+        cls, files: Sequence[str | Path], size: int = 112, landmarks: str | Path | None = None
+    ) -> FaceFolder:
+        """Face images that are not in identity folders (every label is -1), e.g. for a query."""
+        folder = cls.__new__(cls)
+        folder.root, folder.size, folder.train, folder.classes = None, size, False, []
+        folder.samples = [(Path(p), -1) for p in files]
+        folder.landmarks = read_landmarks(landmarks)
+        folder._check_landmarks(landmarks)
+        return folder
 
     def __len__(self) -> int:
         return len(self.samples)
