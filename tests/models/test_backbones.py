@@ -38,7 +38,8 @@ def test_resnet_backbone_equals_torchvision(name: str, last_stage: int, channels
     images = torch.randn(2, 3, 70, 45)
     with torch.no_grad():
         features = backbone(images)
-        torch.testing.assert_close(features, extractor(images)["out"])
+        # Channels-last convolutions sum in another order: equal up to float32 rounding.
+        torch.testing.assert_close(features, extractor(images)["out"], atol=1e-4, rtol=1e-4)
     stride = 2 ** (last_stage + 1)
     assert backbone.num_channels == channels == features.shape[1]
     assert backbone.stride == stride

@@ -4,7 +4,9 @@ ONNX export with onnxruntime parity; and DETR's own behaviour."""
 import pytest
 import torch
 
+from sightkit.losses import SetCriterion
 from sightkit.models import DETR, build_detr, create_model, list_models
+from tests.models.test_backbones import randomise_frozen_bn
 
 # The registry also holds other tasks' models (face embedders, ...), tested in their own files.
 DETR_MODELS = [name for name in list_models() if name.startswith("detr")]
@@ -90,6 +92,36 @@ def test_detr_r50_is_the_paper_configuration() -> None:
     model = create_model("detr_r50")
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters()) == 41_524_768
     assert len(model.transformer.encoder_layers) == len(model.transformer.decoder_layers) == 6
+
+
+def test_equals_transformers_detr_with_the_same_weights() -> None:
+    """transformers' DetrForObjectDetection, built with our architecture and given our weights
+    (benchmarks/detr_train_step.py copies them), computes the same outputs, padding included."""
+    pytest.importorskip("transformers")
+    from benchmarks.detr_train_step import CONFIGS, build_peer
+
+    model = create_model("detr_r18_tiny", num_classes=5, backbone_norm="frozen_bn").eval()
+    randomise_frozen_bn(model)
+    peer = build_peer(CONFIGS["tiny"], model).eval()
+    images, mask = padded_batch()
+    targets = [
+        {"labels": torch.tensor([1, 4]), "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.4, 0.2]])},
+        {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.5, 0.6]])},
+    ]
+    labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
+    criterion = SetCriterion(5, aux_layers=1)
+    with torch.no_grad():
+        ours = model(images, mask)
+        losses = criterion(ours, targets)
+        theirs = peer(pixel_values=images, pixel_mask=(~mask).long(), labels=labels)
+    torch.testing.assert_close(ours["pred_logits"], theirs.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours["pred_boxes"], theirs.pred_boxes, atol=1e-5, rtol=1e-5)
+    (aux,), (peer_aux,) = ours["aux_outputs"], theirs.auxiliary_outputs
+    torch.testing.assert_close(aux["pred_logits"], peer_aux["logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(aux["pred_boxes"], peer_aux["pred_boxes"], atol=1e-5, rtol=1e-5)
+    # The same loss: 1 x CE (eos 0.1) + 5 x L1 + 2 x GIoU over both decoder layers.
+    total = sum(weight * losses[name] for name, weight in criterion.weight_dict.items())
+    torch.testing.assert_close(total, theirs.loss, atol=1e-5, rtol=1e-5)
 
 
 def test_no_padding_mask_equals_an_all_false_mask() -> None:
