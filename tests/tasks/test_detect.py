@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from torchvision import tv_tensors
+from typer.testing import CliRunner
 
+from sightkit.cli.app import app
 from sightkit.data.synthetic.shapes import synthesize_shapes
 from sightkit.engine.checkpoint import save_weights
 from sightkit.tasks.detect import DetrCollate, dataset_files, load_detector
@@ -107,11 +109,14 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path: Path) -> None:
-    result = sightkit("train", "detect", "epohcs=3", cwd=tmp_path)
-    assert result.returncode == 2 and "did you mean 'epochs'" in result.stderr
-    result = sightkit("train", "detect", f"data={tmp_path / 'none'}", cwd=tmp_path)
-    assert result.returncode == 2 and "is not a folder" in result.stderr
-    result = sightkit("eval", "detect", f"weights={tmp_path / 'w.safetensors'}", cwd=tmp_path)
-    assert result.returncode == 2 and "does not exist" in result.stderr
-    result = sightkit("train", "segmentt", cwd=tmp_path)
-    assert result.returncode == 2 and "TASK must be one of" in result.stderr
+    runner = CliRunner()
+    for args, message in (
+        (["train", "detect", "epohcs=3"], "did you mean 'epochs'"),
+        (["train", "detect", f"data={tmp_path / 'none'}"], "is not a folder"),
+        (["eval", "detect", f"weights={tmp_path / 'w.safetensors'}"], "does not exist"),
+        (["train", "segmentt"], "TASK must be one of"),
+        (["export", "onnx"], "weights= is required"),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output
