@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sightkit.cli import tasks
+from sightkit.cli import serve, tasks
 from sightkit.cli.data import data_app
 from sightkit.cli.demo import DemoConfig, run_demo
 from sightkit.cli.face import face_app
@@ -25,6 +25,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(face_app, name="face")
 tasks.register(app)
+serve.register(app)
 
 
 @app.callback()

@@ -28,7 +28,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sightkit.serve.batching import BatcherClosedError, DynamicBatcher, QueueFullError
+from sightkit.serve.config import ServeConfig, check_config, max_upload_bytes
 from sightkit.serve.errors import ServeError
 from sightkit.serve.images import decode_image
 from sightkit.serve.metrics import ServeMetrics
@@ -65,52 +65,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
-@dataclass
-class ServeConfig:
-    """Settings of ``sightkit serve``."""
-
-    weights: str = field(default="", metadata=_help("detector weights (.safetensors from sightkit train detect)"))
-    face_weights: str = field(default="", metadata=_help("face embedder weights for /v1/face/* ('' : no face API)"))
-    gallery: str = field(default="runs/serve/gallery.db", metadata=_help("SQLite file of the face gallery"))
-    host: str = field(default="127.0.0.1", metadata=_help("address to listen on (0.0.0.0: every interface)"))
-    port: int = field(default=8000, metadata=_help("TCP port"))
-    max_batch: int = field(default=8, metadata=_help("most images per forward pass (1: no batching)"))
-    max_wait_ms: float = field(default=5.0, metadata=_help("longest wait for a batch to fill, from the first arrival"))
-    max_queue: int = field(default=256, metadata=_help("most images waiting; beyond, requests get 503"))
-    timeout_s: float = field(default=30.0, metadata=_help("a request waiting longer for its answer gets 504"))
-    max_upload_mb: float = field(default=16.0, metadata=_help("largest request body in MiB (413 beyond)"))
-    max_images: int = field(default=16, metadata=_help("most images in one request"))
-    max_pixels: int = field(default=40_000_000, metadata=_help("most pixels in one image (413 beyond)"))
-    conf: float = field(default=0.5, metadata=_help("default score threshold of /v1/predict (a query may set it)"))
-    top_k: int = field(default=100, metadata=_help("most detections per image"))
-    face_threshold: float = field(default=0.4, metadata=_help("cosine similarity at which two faces are the same"))
-    api_key: str = field(
-        default="", metadata=_help("key for enrol/delete in header X-API-Key ('' : $SIGHTKIT_API_KEY, else none)")
-    )
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
-    threads: int = field(default=0, metadata=_help("torch intra-op threads (0: torch's default)"))
-    log_level: str = field(default="info", metadata=_help("uvicorn log level: debug, info, warning, error"))
-
-
-def _check_config(config: ServeConfig) -> None:
-    if not config.weights and not config.face_weights:
-        raise ValueError("weights= (a detector) or face_weights= (a face embedder) is required")
-    for key in ("max_batch", "max_queue", "max_images", "max_pixels", "top_k"):
-        if getattr(config, key) < 1:
-            raise ValueError(f"{key} must be >= 1, got {getattr(config, key)}")
-    for key in ("max_upload_mb", "timeout_s"):
-        if not getattr(config, key) > 0:
-            raise ValueError(f"{key} must be > 0, got {getattr(config, key)}")
-    if config.max_wait_ms < 0:
-        raise ValueError(f"max_wait_ms must be >= 0, got {config.max_wait_ms}")
-    if not 0 <= config.conf <= 1:
-        raise ValueError(f"conf must be in [0, 1], got {config.conf}")
-
-
 def _device(name: str) -> torch.device:
     return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -121,7 +75,7 @@ class Server:
     def __init__(self, config: ServeConfig) -> None:
         from sightkit.serve.detect import DetectPredictor
 
-        _check_config(config)
+        check_config(config)
         if config.weights and not config.face_weights:
             from sightkit.tasks.detect import read_metadata
 
@@ -227,10 +181,6 @@ class Server:
         if self.face is not None:
             info["face"] = {**self.face.info(), "api_key_required": bool(self.api_key)}
         return info
-
-
-def max_upload_bytes(config: ServeConfig) -> int:
-    return int(config.max_upload_mb * 2**20)
 
 
 class BodyTooLarge(StarletteHTTPException):

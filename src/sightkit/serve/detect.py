@@ -21,8 +21,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 
 from sightkit.data.transforms import detection_transforms
-from sightkit.models.detr_postprocess import detr_postprocess
-from sightkit.tasks.detect import load_detector
+from sightkit.tasks.detect import load_detector, postprocess_of
 
 
 def file_sha256(path: str | Path) -> str:
@@ -59,6 +58,7 @@ class DetectPredictor:
         self.device = torch.device(device)
         self.top_k = top_k
         self.weights_sha256 = file_sha256(weights)
+        self.postprocess = postprocess_of(self.detector.model)
         self.transforms = detection_transforms(
             "eval",
             size=self.detector.imgsz,
@@ -107,7 +107,7 @@ class DetectPredictor:
             raise ValueError(f"a batch must hold images of one shape (see group), got shapes {sorted(shapes)}")
         outputs = self.detector.model(torch.stack([p.tensor for p in batch]).to(self.device))
         sizes = torch.tensor([[p.height, p.width] for p in batch], device=self.device)
-        found = detr_postprocess(outputs["pred_logits"], outputs["pred_boxes"], sizes, top_k=self.top_k)
+        found = self.postprocess(outputs["pred_logits"], outputs["pred_boxes"], sizes, top_k=self.top_k)
         return [self._records(f) for f in found]
 
     def _records(self, found: dict[str, Tensor]) -> list[dict[str, Any]]:
