@@ -11,6 +11,7 @@ import torch
 
 from sightkit.data.synthetic.faces import synthesize_faces
 from sightkit.engine.checkpoint import save_weights
+from sightkit.losses import PartialFC
 from sightkit.tasks.face import FaceConfig, load_embedder, train, verification_metrics
 from sightkit.tasks.face_gallery import FaceGallery, impostor_thresholds
 
@@ -136,3 +137,50 @@ def test_impostor_thresholds_exact_by_hand_and_streaming() -> None:
     streamed = impostor_thresholds(many, people, fars=(1e-1, 1e-2), block=64, exact_limit=0)
     for far in (1e-1, 1e-2):
         assert abs(streamed[far] - exact[far]) < 0.01, (far, streamed[far], exact[far])
+
+
+WHEEL = Path(__file__).parents[2] / "runs/weights/facenet_pytorch-2.6.0-py3-none-any.whl"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not WHEEL.is_file(), reason=f"no facenet-pytorch wheel at {WHEEL} for MTCNN's weights; "
+                    "get it with `pip download --no-deps facenet-pytorch==2.6.0 -d runs/weights`")  # fmt: skip
+def test_mtcnn_enrol_and_identify_a_photograph(tmp_path: Path) -> None:
+    from PIL import Image
+    from skimage import data
+
+    from sightkit.tasks.face import FaceTrainer, build_embedder
+    from sightkit.tasks.face_gallery import EnrollConfig, IdentifyConfig, enroll, identify
+
+    # An (untrained) embedder: the same face gives the same embedding, so the photograph finds itself.
+    embedder = build_embedder("iresnet_tiny")
+    weights = save_weights(
+        FaceTrainer(embedder, PartialFC(128, 2)), tmp_path / "w.safetensors",
+        {"task": "face", "model": "iresnet_tiny", "embedding": "128", "imgsz": "64", "mean": "[0.5, 0.5, 0.5]",
+         "std": "[0.5, 0.5, 0.5]"},
+    )  # fmt: skip
+    photo = data.astronaut()
+    (tmp_path / "people" / "eileen").mkdir(parents=True)
+    Image.fromarray(photo).save(tmp_path / "people" / "eileen" / "photo.png")
+    Image.fromarray(photo[:, ::-1].copy()).save(tmp_path / "people" / "eileen" / "mirrored.png")
+    gallery = enroll(
+        EnrollConfig(folder=str(tmp_path / "people"), weights=str(weights), detector="mtcnn", wheel=str(WHEEL))
+    )
+    assert gallery.names == ["eileen", "eileen"]
+    # Flip-averaged embeddings of a photo and its mirror image are the same up to the detector's symmetry.
+    assert float(gallery.embeddings[0] @ gallery.embeddings[1]) > 0.9
+    records = identify(
+        IdentifyConfig(
+            image=str(tmp_path / "people" / "eileen" / "photo.png"),
+            gallery=str(tmp_path / "people" / "gallery.safetensors"),
+            detector="mtcnn",
+            wheel=str(WHEEL),
+            threshold=0.5,
+            out=str(tmp_path / "who"),
+        )
+    )
+    (record,) = records
+    assert record["identity"] == "eileen" and record["candidates"][0][1] == pytest.approx(1.0, abs=1e-5)
+    x1, y1, x2, y2 = record["box"]
+    assert 150 < x1 < x2 < 300 and 30 < y1 < y2 < 200  # the face in the upper middle of the 512 x 512 photo
+    assert (tmp_path / "who" / "photo.jpg").stat().st_size > 10_000

@@ -10,6 +10,7 @@ from sightkit.models import (
     dino_postprocess,  # noqa: F401
     face,  # noqa: F401
     fpn,  # noqa: F401
+    mtcnn,  # noqa: F401
     pose,  # noqa: F401
     registry,  # noqa: F401
     seg,  # noqa: F401

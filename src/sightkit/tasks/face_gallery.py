@@ -8,8 +8,10 @@ only that fraction of impostors lies. Large galleries have too many impostor pai
 (``G^2 / 2``); then the thresholds come from :class:`~sightkit.eval.StreamingQuantile`, fed
 one block of rows of the similarity matrix at a time.
 
-Faces are given as crops: aligned by a landmarks JSON (keys relative to its folder, as the
-synthetic datasets write it), or taken as already aligned and resized.
+Faces are found by a detector (``detector=mtcnn``: :class:`~sightkit.models.MTCNN` with the
+weights of the facenet-pytorch wheel) and aligned by its 5 landmarks; or the images are
+face crops, aligned by a landmarks JSON (keys relative to its folder, as the synthetic
+datasets write it) or taken as already aligned and resized.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from sightkit._api import export
-from sightkit.data.faces import IMAGE_SUFFIXES, FaceFolder, collate_faces
+from sightkit.data.coco import read_image
+from sightkit.data.faces import IMAGE_SUFFIXES, FaceFolder, collate_faces, normalise_face
 from sightkit.eval.face import StreamingQuantile
 from sightkit.models.face import embed_faces
+from sightkit.models.mtcnn import MTCNN, load_mtcnn
+from sightkit.ops.align import align_faces
 from sightkit.tasks.face import LoadedEmbedder, _device, load_embedder
 
 #: FAR targets calibrated at enrolment.
@@ -163,6 +168,54 @@ def _exact_threshold(scores: Tensor, far: float) -> float:
     return float(torch.topk(scores, allowed + 1).values[-1])
 
 
+DETECTORS = ("", "mtcnn")
+
+
+@dataclass
+class Faces:
+    """The faces of one image: normalised aligned crops ``[K, 3, S, S]`` and, with a detector,
+    their boxes ``[K, 4]`` (xyxy), landmarks ``[K, 5, 2]`` and scores ``[K]`` in the image."""
+
+    path: Path
+    crops: Tensor
+    boxes: Tensor | None = None
+    landmarks: Tensor | None = None
+    scores: Tensor | None = None
+
+
+def build_detector(detector: str, wheel: str = "") -> MTCNN | None:
+    """``None`` for face crops (``detector=''``), else the named detector with its weights."""
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be '' (the images are face crops) or 'mtcnn', got {detector!r}")
+    return load_mtcnn(wheel) if detector == "mtcnn" else None
+
+
+def find_faces(
+    files: Sequence[Path], imgsz: int, detector: MTCNN | None, landmarks: str = "", largest_only: bool = False
+) -> list[Faces]:
+    """Aligned, normalised crops of the faces in each file: every detected face (the largest
+    with ``largest_only``), or the file itself as one crop without a detector."""
+    if detector is None:
+        folder = FaceFolder.from_files(files, imgsz, landmarks or None)
+        return [Faces(path, folder[k][0][None]) for k, path in enumerate(files)]
+    results = []
+    for path in files:
+        image = read_image(path).as_subclass(Tensor)
+        (found,) = detector.detect(image[None])
+        if largest_only and found["boxes"].shape[0] > 1:
+            areas = (found["boxes"][:, 2:] - found["boxes"][:, :2]).prod(1)
+            found = {k: v[areas.argmax()][None] for k, v in found.items()}
+        count = found["boxes"].shape[0]
+        # The detector's landmarks are continuous coordinates; alignment wants pixel centres at integers.
+        crops, _ = align_faces(
+            image[None].float(), found["landmarks"].cpu().double() - 0.5, imgsz, torch.zeros(count, dtype=torch.long)
+        )
+        results.append(
+            Faces(path, normalise_face(crops), found["boxes"].cpu(), found["landmarks"].cpu(), found["scores"].cpu())
+        )
+    return results
+
+
 @export("tasks.EnrollConfig")
 @dataclass
 class EnrollConfig:
@@ -170,6 +223,8 @@ class EnrollConfig:
 
     folder: str = field(default="", metadata=_help("identity folders DIR/NAME/*.png, one per person"))
     weights: str = field(default="", metadata=_help("embedder weights written by sightkit train face"))
+    detector: str = field(default="", metadata=_help("'' : the images are face crops; mtcnn: find the largest face"))
+    wheel: str = field(default="", metadata=_help("facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)"))
     landmarks: str = field(default="", metadata=_help("landmarks JSON for alignment ('' : crops are aligned)"))
     out: str = field(default="", metadata=_help("gallery file ('' : DIR/gallery.safetensors)"))
     batch: int = field(default=64, metadata=_help("crops per forward pass"))
@@ -196,14 +251,29 @@ def enroll(config: EnrollConfig, console: Console | None = None) -> FaceGallery:
     if not config.folder:
         raise ValueError("the folder to enrol is required: sightkit face enroll DIR weights=...")
     loaded = load_embedder(config.weights, _device(config.device))
-    folder = FaceFolder(config.folder, loaded.imgsz, config.landmarks or None)
-    embeddings = embed_folder(loaded, folder, config.batch, config.flip, console)
-    names = [folder.classes[label] for _, label in folder.samples]
+    detector = build_detector(config.detector, config.wheel)
+    if detector is None:
+        folder = FaceFolder(config.folder, loaded.imgsz, config.landmarks or None)
+        embeddings = embed_folder(loaded, folder, config.batch, config.flip, console)
+        names = [folder.classes[label] for _, label in folder.samples]
+    else:
+        folder = FaceFolder(config.folder, loaded.imgsz)  # only its file list and names
+        files = [path for path, _ in folder.samples]
+        found = find_faces(files, loaded.imgsz, detector, largest_only=True)
+        missing = [str(f.path) for f in found if f.crops.shape[0] == 0]
+        if missing:
+            console.print(f"[yellow]no face found in {len(missing)} images, left out:[/] {', '.join(missing[:5])}")
+        kept = [(f, label) for f, (_, label) in zip(found, folder.samples, strict=True) if f.crops.shape[0]]
+        if not kept:
+            raise ValueError(f"the detector found no face in any image of {config.folder}")
+        crops = torch.cat([f.crops for f, _ in kept])
+        embeddings = embed_faces(loaded.model, crops, flip=config.flip, batch=config.batch).cpu()
+        names = [folder.classes[label] for _, label in kept]
     gallery = FaceGallery(names, embeddings, str(config.weights), impostor_thresholds(embeddings, names))
     out = Path(config.out) if config.out else Path(config.folder) / "gallery.safetensors"
     gallery.save(out)
     shown = ", ".join(f"FAR {far:g}: {value:.3f}" for far, value in gallery.thresholds.items()) or "none (too few)"
-    console.print(f"enrolled {len(folder.classes)} people ({len(names)} images) into [bold]{out}[/]")
+    console.print(f"enrolled {len(set(names))} people ({len(names)} images) into [bold]{out}[/]")
     console.print(f"thresholds from the gallery's impostor pairs: {shown}")
     return gallery
 
@@ -213,13 +283,15 @@ def enroll(config: EnrollConfig, console: Console | None = None) -> FaceGallery:
 class IdentifyConfig:
     """Settings of ``sightkit face identify IMAGE``."""
 
-    image: str = field(default="", metadata=_help("a face image, or a folder of them"))
+    image: str = field(default="", metadata=_help("an image, or a folder of them"))
     gallery: str = field(default="", metadata=_help("gallery written by sightkit face enroll"))
-    landmarks: str = field(default="", metadata=_help("landmarks JSON for alignment ('' : crops are aligned)"))
+    detector: str = field(default="", metadata=_help("'' : the images are face crops; mtcnn: find every face"))
+    wheel: str = field(default="", metadata=_help("facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)"))
+    landmarks: str = field(default="", metadata=_help("landmarks JSON for alignment of crops ('' : aligned)"))
     far: float = field(default=1e-2, metadata=_help("accept a match above the gallery's threshold at this FAR"))
     threshold: float = field(default=math.nan, metadata=_help("accept above this cosine instead (nan: use far)"))
     top_k: int = field(default=5, metadata=_help("candidates listed per face"))
-    out: str = field(default="", metadata=_help("write identities.json here ('' : print only)"))
+    out: str = field(default="", metadata=_help("folder for identities.json and pictures ('' : print only)"))
     device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
 
 
@@ -237,38 +309,49 @@ def _face_files(source: str) -> list[Path]:
     return [path]
 
 
-def embed_files(loaded: LoadedEmbedder, files: Sequence[Path], landmarks: str, flip: bool = True) -> Tensor:
-    """Normalised embeddings ``[N, D]`` of face image files (aligned by ``landmarks`` when given)."""
-    folder = FaceFolder.from_files(files, loaded.imgsz, landmarks or None)
-    inputs, _ = collate_faces([folder[i] for i in range(len(folder))])
-    return embed_faces(loaded.model, inputs["images"], flip=flip).cpu()
-
-
 @export("tasks.identify_faces")
 def identify(config: IdentifyConfig, console: Console | None = None) -> list[dict]:
-    """Identify each face image against the gallery: the best candidates and the decision."""
+    """Identify each face against the gallery: the best candidates and the decision; with a
+    detector and ``out``, a picture per image with boxes, landmarks and names."""
+    from sightkit.tasks.draw_faces import draw_faces
+
     console = console or Console()
     gallery = FaceGallery.load(config.gallery)
     loaded = load_embedder(gallery.weights, _device(config.device))
     threshold = config.threshold if not math.isnan(config.threshold) else gallery.threshold(config.far)
-    files = _face_files(config.image)
-    candidates = gallery.search(embed_files(loaded, files, config.landmarks), config.top_k)
+    detector = build_detector(config.detector, config.wheel)
+    found = find_faces(_face_files(config.image), loaded.imgsz, detector, config.landmarks)
     table = Table(title=f"identification against {len(set(gallery.names))} people (accept above {threshold:.3f})")
-    for column in ("image", "identity", "score", "next best"):
+    for column in ("image", "face", "identity", "score", "next best"):
         table.add_column(column)
+    out = Path(config.out) if config.out else None
     records = []
-    for path, found in zip(files, candidates, strict=True):
-        name, score = found[0]
-        accepted = score > threshold
-        records.append({"image": str(path), "identity": name if accepted else None, "candidates": found})
-        runner_up = f"{found[1][0]} {found[1][1]:.3f}" if len(found) > 1 else ""
-        table.add_row(path.name, name if accepted else f"unknown ({name}?)", f"{score:.3f}", runner_up)
+    for faces in found:
+        embeddings = embed_faces(loaded.model, faces.crops).cpu() if faces.crops.shape[0] else faces.crops.new_zeros(0)
+        candidates = gallery.search(embeddings, config.top_k) if faces.crops.shape[0] else []
+        labels, accepted = [], []
+        for k, options in enumerate(candidates):
+            name, score = options[0]
+            ok = score > threshold
+            labels.append(f"{name} {score:.2f}" if ok else f"unknown {score:.2f}")
+            accepted.append(ok)
+            record = {"image": str(faces.path), "identity": name if ok else None, "candidates": options}
+            if faces.boxes is not None and faces.landmarks is not None:
+                record["box"] = [round(v, 2) for v in faces.boxes[k].tolist()]
+                record["landmarks"] = [[round(v, 2) for v in point] for point in faces.landmarks[k].tolist()]
+            records.append(record)
+            runner_up = f"{options[1][0]} {options[1][1]:.3f}" if len(options) > 1 else ""
+            table.add_row(faces.path.name, str(k), name if ok else f"unknown ({name}?)", f"{score:.3f}", runner_up)
+        if not candidates:
+            table.add_row(faces.path.name, "-", "no face found", "", "")
+        if out is not None and faces.boxes is not None and faces.landmarks is not None:
+            image = read_image(faces.path).as_subclass(Tensor)
+            draw_faces(image, faces.boxes, faces.landmarks, labels, accepted, out / f"{faces.path.stem}.jpg")
     console.print(table)
-    if config.out:
-        out = Path(config.out)
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "identities.json").write_text(json.dumps(records, indent=2))
-        console.print(f"wrote {out / 'identities.json'}")
+        console.print(f"wrote {out / 'identities.json'}" + (" and the pictures" if detector is not None else ""))
     return records
 
 
@@ -277,13 +360,15 @@ def identify(config: IdentifyConfig, console: Console | None = None) -> list[dic
 class VerifyConfig:
     """Settings of ``sightkit face verify IMG1 IMG2``."""
 
-    first: str = field(default="", metadata=_help("the first face image"))
-    second: str = field(default="", metadata=_help("the second face image"))
+    first: str = field(default="", metadata=_help("the first image"))
+    second: str = field(default="", metadata=_help("the second image"))
     weights: str = field(default="", metadata=_help("embedder weights ('' : the gallery's)"))
     gallery: str = field(default="", metadata=_help("a gallery whose calibrated thresholds give far="))
     far: float = field(default=1e-2, metadata=_help("decide at the gallery's threshold for this FAR"))
     threshold: float = field(default=math.nan, metadata=_help("decide at this cosine instead (nan: use far)"))
-    landmarks: str = field(default="", metadata=_help("landmarks JSON for alignment ('' : crops are aligned)"))
+    detector: str = field(default="", metadata=_help("'' : the images are face crops; mtcnn: the largest face"))
+    wheel: str = field(default="", metadata=_help("facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)"))
+    landmarks: str = field(default="", metadata=_help("landmarks JSON for alignment of crops ('' : aligned)"))
     device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
 
 
@@ -301,7 +386,11 @@ def verify(config: VerifyConfig, console: Console | None = None) -> dict[str, fl
     for path in files:
         if not path.is_file():
             raise FileNotFoundError(f"{str(path)!r} does not exist")
-    first, second = embed_files(loaded, files, config.landmarks)
+    found = find_faces(files, loaded.imgsz, build_detector(config.detector, config.wheel), config.landmarks, True)
+    for faces in found:
+        if faces.crops.shape[0] == 0:
+            raise ValueError(f"the detector found no face in {faces.path}")
+    first, second = (embed_faces(loaded.model, faces.crops)[0].cpu() for faces in found)
     score = float(first @ second)
     same = score > threshold
     console.print(f"similarity {score:.4f}, threshold {threshold:.4f}: {'same person' if same else 'different people'}")
