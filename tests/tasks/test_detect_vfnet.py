@@ -1,0 +1,103 @@
+"""The detection task with a dense detector: VFNet's collation keeps absolute xyxy boxes, and
+``sightkit train|eval|predict detect model=vfnet_r18_tiny`` and ``sightkit export onnx`` run
+end to end in a subprocess on a tiny synthetic dataset, and the exported network equals
+PyTorch's at another input size."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from sightkit.data.synthetic.shapes import synthesize_shapes
+from sightkit.losses import SetCriterion, VFNetCriterion
+from sightkit.models import create_model
+from sightkit.tasks.detect import DenseCollate, DetrCollate, build_criterion, collate_for, load_detector
+
+
+def test_dense_collate_keeps_absolute_xyxy_boxes() -> None:
+    h, w = 40, 80
+    target = {
+        "boxes": tv_tensors.BoundingBoxes([[8.0, 4.0, 48.0, 24.0]], format="XYXY", canvas_size=(h, w)),
+        "labels": torch.tensor([1]),
+        "image_id": 7,
+        "orig_size": torch.tensor([h * 2, w * 2]),
+    }
+    inputs, targets = DenseCollate(size_divisible=32)([(torch.rand(3, h, w), target)])
+    assert inputs["images"].shape == (1, 3, 64, 96)
+    assert inputs["mask"][0, :40, :80].logical_not().all() and inputs["mask"][0, 40:].all()
+    assert targets[0]["boxes"].tolist() == [[8.0, 4.0, 48.0, 24.0]] and type(targets[0]["boxes"]) is torch.Tensor
+    assert targets[0]["image_id"] == 7 and targets[0]["orig_size"].tolist() == [80, 160]
+
+
+def test_the_model_family_picks_collation_and_criterion() -> None:
+    vfnet = create_model("vfnet_r18_tiny", num_classes=5, cls_loss="focal")
+    assert isinstance(collate_for(vfnet), DenseCollate)
+    criterion = build_criterion(vfnet, 5, config=None)
+    assert isinstance(criterion, VFNetCriterion) and criterion.cls_loss == "focal"
+    detr = create_model("detr_r18_tiny", num_classes=5)
+    assert isinstance(collate_for(detr), DetrCollate)
+    assert isinstance(build_criterion(detr, 5, config=type("Config", (), {"eos_coef": 0.1})()), SetCriterion)
+
+
+def sightkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sightkit", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow
+def test_cli_train_eval_predict_export_vfnet(tmp_path: Path) -> None:
+    data = tmp_path / "shapes"
+    synthesize_shapes(out=str(data), images=4, size=64, val_fraction=0.5, progress=False)
+    run = tmp_path / "run"
+    result = sightkit(
+        "train", "detect", "model=vfnet_r18_tiny", f"data={data}", f"out={run}", "steps=2", "batch=2",
+        "imgsz=64", "max_size=96", "lr=1e-3", "plot=false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    weights = run / "last.safetensors"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert train_records[-1]["step"] == 2
+    assert {"loss_cls", "loss_bbox", "loss_bbox_refine"} <= set(train_records[-1])
+    assert "AP" in [r for r in records if r["kind"] == "val"][-1]
+    assert load_detector(weights).name == "vfnet_r18_tiny"
+
+    result = sightkit("eval", "detect", f"weights={weights}", f"data={data}", f"out={tmp_path / 'eval'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics) >= {"AP", "AP50", "AR100"} and -1 <= metrics["AP"] <= 1
+
+    pred = tmp_path / "pred"
+    result = sightkit(
+        "predict", "detect", f"weights={weights}", f"source={data / 'images'}", f"out={pred}", "conf=0", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    detections = json.loads((pred / "detections.json").read_text())
+    assert len(detections) == 4 and all(Path(d["picture"]).is_file() for d in detections)
+    for record in detections:
+        for det in record["detections"]:
+            x1, y1, x2, y2 = det["box"]
+            assert x1 < x2 and y1 < y2 and det["score"] > 0.05  # VFNet's score threshold
+
+    onnx = tmp_path / "model.onnx"
+    result = sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", "imgsz=64", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "exporting with opset 19" in result.stdout  # DeformConv is not in opset 18
+    difference = float(result.stdout.split("max |difference|")[1].split()[0])
+    assert difference < 1e-4
+    # The height and width are dynamic: onnxruntime at 96 x 64 with padding equals PyTorch.
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    images, mask = torch.randn(1, 3, 96, 64), torch.zeros(1, 96, 64, dtype=torch.bool)
+    mask[:, 80:] = True
+    logits, boxes = session.run(None, {"images": images.numpy(), "mask": mask.numpy()})
+    with torch.no_grad():
+        expected = load_detector(weights).model(images, mask)
+    torch.testing.assert_close(torch.from_numpy(logits), expected["pred_logits"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(boxes), expected["pred_boxes"], atol=1e-4, rtol=1e-4)
