@@ -47,3 +47,17 @@ def detector_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     save_weights(create_model("detr_r18_tiny", num_classes=len(CLASSES)), path, metadata)
     return path
+
+
+@pytest.fixture(scope="session")
+def face_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random iresnet_tiny embedder weights as `sightkit train face` writes them (the embedder's
+    tensors under ``embedder.``, the task's metadata)."""
+    from sightkit.tasks.face import FaceConfig, build_embedder, weights_metadata
+
+    torch.manual_seed(1)
+    holder = torch.nn.Module()
+    holder.embedder = build_embedder("iresnet_tiny").eval()
+    path = tmp_path_factory.mktemp("weights") / "face.safetensors"
+    save_weights(holder, path, weights_metadata(FaceConfig(model="iresnet_tiny"), holder.embedder, num_classes=4))
+    return path

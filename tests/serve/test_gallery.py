@@ -1,4 +1,4 @@
-"""FaceGallery: templates and scores by hand, persistence across reopening and a killed
+"""SQLiteGallery: scores by hand, persistence across reopening and a killed
 writer, concurrent writers (threads and another process), the embedder check, bad input."""
 
 import math
@@ -11,56 +11,58 @@ from pathlib import Path
 import pytest
 import torch
 
-from sightkit.serve.gallery import FaceGallery, GalleryMismatchError
+from sightkit.serve.gallery import GalleryMismatchError, SQLiteGallery
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def test_identify_scores_queries_against_mean_templates(tmp_path: Path) -> None:
-    """alice = e1 and e2 (template (e1 + e2) / sqrt 2), bob = 2 e3 (stored normalised).
-    A query e1 scores 1/sqrt 2 with alice and 0 with bob; a query e3 scores 1 with bob."""
-    gallery = FaceGallery(tmp_path / "g.db", "toy", 3)
-    assert gallery.enroll("alice", torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])) == 2
+def test_identify_scores_each_identity_by_its_best_embedding(tmp_path: Path) -> None:
+    """alice = e1 and (e1 + e2) / sqrt 2, bob = 2 e3 (stored normalised). A query e1 scores 1
+    with alice (her first entry) and 0 with bob; a query (e2 + e3) / sqrt 2 scores 1/2 with
+    alice (her second entry) and 1/sqrt 2 with bob."""
+    gallery = SQLiteGallery(tmp_path / "g.db", "toy", 3)
+    assert gallery.enroll("alice", torch.tensor([[1.0, 0, 0], [1.0, 1.0, 0]])) == 2
     assert gallery.enroll("bob", torch.tensor([[0, 0, 2.0]])) == 1
-    names, templates = gallery.templates()
-    assert names == ["alice", "bob"]
-    torch.testing.assert_close(templates, torch.tensor([[1 / math.sqrt(2), 1 / math.sqrt(2), 0], [0, 0, 1.0]]))
-    (first, second) = gallery.identify(torch.tensor([[1.0, 0, 0], [0, 0, 3.0]]), top_k=2)
-    assert [n for n, _ in first] == ["alice", "bob"]
-    assert first[0][1] == pytest.approx(1 / math.sqrt(2), abs=1e-6) and first[1][1] == pytest.approx(0, abs=1e-6)
-    assert second[0] == ("bob", pytest.approx(1.0, abs=1e-6))
+    names, vectors = gallery.entries()
+    assert names == ["alice", "alice", "bob"]
+    half = 1 / math.sqrt(2)
+    torch.testing.assert_close(vectors, torch.tensor([[1.0, 0, 0], [half, half, 0], [0, 0, 1.0]]))
+    first, second = gallery.identify(torch.tensor([[1.0, 0, 0], [0, 1.0, 1.0]]), top_k=2)
+    assert first == [("alice", pytest.approx(1.0, abs=1e-6)), ("bob", pytest.approx(0.0, abs=1e-6))]
+    assert second == [("bob", pytest.approx(half, abs=1e-6)), ("alice", pytest.approx(0.5, abs=1e-6))]
+    assert gallery.identify(torch.tensor([[1.0, 0, 0]]), top_k=1) == [[("alice", pytest.approx(1.0, abs=1e-6))]]
     assert gallery.identities() == {"alice": 2, "bob": 1}
 
 
 def test_enrolled_faces_survive_reopening_and_delete_removes_them(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
-    gallery = FaceGallery(path, "toy", 4)
+    gallery = SQLiteGallery(path, "toy", 4)
     embeddings = torch.randn(3, 4)
     gallery.enroll("carol", embeddings, sources=["a.png", "b.png", "c.png"])
     gallery.enroll("dave", torch.randn(1, 4))
     before = gallery.identify(embeddings, top_k=2)
     gallery.close()
 
-    reopened = FaceGallery(path, "toy", 4)
+    reopened = SQLiteGallery(path, "toy", 4)
     assert reopened.identities() == {"carol": 3, "dave": 1}
     assert reopened.identify(embeddings, top_k=2) == before
     assert reopened.delete("carol") == 3
     assert reopened.delete("carol") == 0
     assert [n for n, _ in reopened.identify(embeddings[:1])[0]] == ["dave"]
     reopened.close()
-    assert FaceGallery(path, "toy", 4).identities() == {"dave": 1}
+    assert SQLiteGallery(path, "toy", 4).identities() == {"dave": 1}
 
 
 def test_another_embedder_cannot_open_the_gallery(tmp_path: Path) -> None:
-    FaceGallery(tmp_path / "g.db", "iresnet_tiny sha256:aa", 8).close()
+    SQLiteGallery(tmp_path / "g.db", "iresnet_tiny sha256:aa", 8).close()
     with pytest.raises(GalleryMismatchError, match="embedder='iresnet_tiny sha256:aa' dim=8, not of embedder='other'"):
-        FaceGallery(tmp_path / "g.db", "other", 8)
+        SQLiteGallery(tmp_path / "g.db", "other", 8)
     with pytest.raises(GalleryMismatchError, match="dim=8, not of embedder='iresnet_tiny sha256:aa' dim=16"):
-        FaceGallery(tmp_path / "g.db", "iresnet_tiny sha256:aa", 16)
+        SQLiteGallery(tmp_path / "g.db", "iresnet_tiny sha256:aa", 16)
 
 
 def test_bad_input_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
-    gallery = FaceGallery(tmp_path / "g.db", "toy", 3)
+    gallery = SQLiteGallery(tmp_path / "g.db", "toy", 3)
     with pytest.raises(ValueError, match="name must be 1 to 128 printable characters"):
         gallery.enroll("  ", torch.randn(1, 3))
     with pytest.raises(ValueError, match="name must be 1 to 128 printable characters"):
@@ -86,8 +88,8 @@ def _writer_script(path: Path, name: str, count: int, then: str) -> str:
         f"""
         import os, sys, torch
         sys.path.insert(0, {SRC!r})
-        from sightkit.serve.gallery import FaceGallery
-        gallery = FaceGallery({str(path)!r}, "toy", 4)
+        from sightkit.serve.gallery import SQLiteGallery
+        gallery = SQLiteGallery({str(path)!r}, "toy", 4)
         print("ready", flush=True)
         sys.stdin.readline()
         for i in range({count}):
@@ -101,7 +103,7 @@ def test_threads_and_a_killed_process_write_at_once_and_nothing_is_lost(tmp_path
     """Four threads and another process enrol at the same time; the process kills itself
     (SIGKILL, no clean-up) right after its last enrolment. Every committed row is there."""
     path = tmp_path / "g.db"
-    gallery = FaceGallery(path, "toy", 4)
+    gallery = SQLiteGallery(path, "toy", 4)
     kill = "import signal; os.kill(os.getpid(), signal.SIGKILL)"
     script = _writer_script(path, "other", 30, kill)
     other = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -122,6 +124,6 @@ def test_threads_and_a_killed_process_write_at_once_and_nothing_is_lost(tmp_path
     assert other.wait(timeout=60) == -9
     # The other process's rows are seen through data_version, without reopening.
     assert gallery.identities() == {"other": 30, "t0": 15, "t1": 15, "t2": 15, "t3": 15}
-    assert len(gallery.templates()[0]) == 5
+    assert len(gallery.entries()[0]) == 90
     gallery.close()
-    assert FaceGallery(path, "toy", 4).identities() == {"other": 30, "t0": 15, "t1": 15, "t2": 15, "t3": 15}
+    assert SQLiteGallery(path, "toy", 4).identities() == {"other": 30, "t0": 15, "t1": 15, "t2": 15, "t3": 15}

@@ -56,7 +56,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "damaged image or malformed request"),
         (413, "upload, file count or pixel count over the limit"),
         (415, "the content is not an allowed image type"),
+        (404, "no such model, person or path"),
         (422, "a missing or invalid field"),
+        (500, "the model failed (the server goes on)"),
         (503, "overloaded or shutting down"),
         (504, "no answer within timeout_s"),
     )

@@ -13,14 +13,16 @@ Embeddings are stored as little-endian float32 blobs of the L2-normalised vector
 gallery remembers which embedder wrote them: embeddings of two models are not comparable,
 so opening a gallery with another embedder is an error rather than silent nonsense.
 
-Identification compares a query with one *template* per identity, the normalised mean of its
-embeddings (the IJB-B/C template protocol), by cosine similarity. The templates are cached in
-memory and rebuilt when the data changed, by this process or (seen through SQLite's
+Identification scores a query against each identity by the cosine similarity of its best
+enrolled embedding, as ``sightkit face identify`` does (:meth:`sightkit.tasks.FaceGallery.search`),
+so that the server and the command line decide alike on the same faces. The embeddings are
+cached in memory and reread when the data changed, by this process or (seen through SQLite's
 ``PRAGMA data_version``) by another.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 import time
@@ -63,7 +65,7 @@ def check_name(name: object) -> str:
     return stripped
 
 
-class FaceGallery:
+class SQLiteGallery:
     """Enrolled faces in the SQLite file ``path`` (created when missing).
 
     Args:
@@ -105,7 +107,7 @@ class FaceGallery:
                     f"dim={stored.get('dim')}, not of embedder={embedder!r} dim={dim}; embeddings of different "
                     "models cannot be compared: use another gallery file or the embedder that made it"
                 )
-        self._templates: tuple[list[str], Tensor] | None = None
+        self._entries: tuple[list[str], Tensor] | None = None
         self._data_version = -1
 
     # ------------------------------------------------------------------ writes
@@ -130,7 +132,7 @@ class FaceGallery:
         with self._lock, self._transaction():
             self._db.executemany("INSERT INTO faces(name, embedding, source, created) VALUES (?, ?, ?, ?)", rows)
             (count,) = self._db.execute("SELECT COUNT(*) FROM faces WHERE name = ?", (name,)).fetchone()
-            self._templates = None
+            self._entries = None
         return int(count)
 
     def delete(self, name: str) -> int:
@@ -138,7 +140,7 @@ class FaceGallery:
         name = check_name(name)
         with self._lock, self._transaction():
             removed = self._db.execute("DELETE FROM faces WHERE name = ?", (name,)).rowcount
-            self._templates = None
+            self._entries = None
         return int(removed)
 
     # ------------------------------------------------------------------ reads
@@ -149,29 +151,33 @@ class FaceGallery:
             rows = self._db.execute("SELECT name, COUNT(*) FROM faces GROUP BY name ORDER BY name").fetchall()
         return {name: int(count) for name, count in rows}
 
-    def templates(self) -> tuple[list[str], Tensor]:
-        """Names (sorted) and their templates ``[K, D]``: the L2-normalised mean embedding."""
+    def entries(self) -> tuple[list[str], Tensor]:
+        """The name of every enrolled embedding and the embeddings ``[G, D]`` (unit length)."""
         with self._lock:
             (version,) = self._db.execute("PRAGMA data_version").fetchone()
-            if self._templates is None or version != self._data_version:
-                self._templates = self._read_templates()
+            if self._entries is None or version != self._data_version:
+                self._entries = self._read_entries()
                 self._data_version = version
-            return self._templates
+            return self._entries
 
     def identify(self, embeddings: Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
-        """For each query ``[M, D]``, the ``top_k`` identities with the highest cosine similarity
-        between the query and the identity's template, best first."""
+        """For each query ``[M, D]``, the ``top_k`` identities by the cosine similarity of their
+        best enrolled embedding with the query, best first."""
         if not isinstance(embeddings, Tensor) or embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
             got = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
             raise ValueError(f"embeddings must have shape [M, {self.dim}], got {got}")
-        names, templates = self.templates()
-        if not names:
+        names, vectors = self.entries()
+        identities = sorted(set(names))
+        if not identities:
             return [[] for _ in range(embeddings.shape[0])]
-        scores = F.normalize(embeddings.detach().float().cpu(), dim=1) @ templates.T
-        best = scores.topk(min(top_k, len(names)), dim=1)
+        owner = torch.tensor([identities.index(name) for name in names])
+        similarity = F.normalize(embeddings.detach().float().cpu(), dim=1) @ vectors.T
+        best = similarity.new_full((similarity.shape[0], len(identities)), -math.inf)
+        best.scatter_reduce_(1, owner.expand_as(similarity), similarity, reduce="amax")
+        scores, order = best.topk(min(top_k, len(identities)), dim=1)
         return [
-            [(names[i], round(float(s), 6)) for s, i in zip(row_scores, row_index, strict=True)]
-            for row_scores, row_index in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+            [(identities[i], round(float(s), 6)) for s, i in zip(row_scores, row_order, strict=True)]
+            for row_scores, row_order in zip(scores.tolist(), order.tolist(), strict=True)
         ]
 
     def close(self) -> None:
@@ -180,17 +186,11 @@ class FaceGallery:
 
     # ------------------------------------------------------------------ internals
 
-    def _read_templates(self) -> tuple[list[str], Tensor]:
-        rows = self._db.execute("SELECT name, embedding FROM faces ORDER BY name, id").fetchall()
-        if not rows:
-            return [], torch.zeros(0, self.dim)
-        names = sorted({name for name, _ in rows})
-        index = {name: i for i, name in enumerate(names)}
+    def _read_entries(self) -> tuple[list[str], Tensor]:
+        rows = self._db.execute("SELECT name, embedding FROM faces ORDER BY id").fetchall()
         joined = bytearray(b"".join(blob for _, blob in rows))  # writable, as torch.from_numpy wants
         vectors = torch.from_numpy(np.frombuffer(joined, dtype="<f4").reshape(-1, self.dim))
-        owner = torch.tensor([index[name] for name, _ in rows])
-        sums = torch.zeros(len(names), self.dim).index_add_(0, owner, vectors.float())
-        return names, F.normalize(sums, dim=1)
+        return [name for name, _ in rows], vectors
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

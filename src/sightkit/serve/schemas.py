@@ -82,12 +82,12 @@ class EnrollResponse(BaseModel):
 
 class Match(BaseModel):
     name: str
-    score: float = Field(description="cosine similarity with the identity's template, in [-1, 1]")
+    score: float = Field(description="cosine similarity with the person's best enrolled face, in [-1, 1]")
 
 
 class IdentifyResult(BaseModel):
     image: str
-    identity: str | None = Field(description="the best match when its score reaches the threshold, else null")
+    identity: str | None = Field(description="the best match when its score is above the threshold, else null")
     matches: list[Match] = Field(description="best first")
 
 
@@ -97,8 +97,8 @@ class IdentifyResponse(BaseModel):
 
 
 class VerifyResponse(BaseModel):
-    score: float = Field(description="cosine similarity of the two faces (or of the face and the template)")
-    same: bool = Field(description="score >= threshold")
+    score: float = Field(description="cosine similarity of the two faces (or with the person's best enrolled face)")
+    same: bool = Field(description="score > threshold")
     threshold: float
     against: str = Field(description="the second image's file name, or the enrolled name")
 
