@@ -1,0 +1,180 @@
+// The page of `sightkit serve`: send an image to /v1/predict, draw the boxes on a canvas, list
+// them in a table; enrol and identify faces when the server has a face model. Plain browser
+// JavaScript, no build step.
+"use strict";
+
+// Tableau's 10 colours, as sightkit's pictures use them (sightkit/tasks/draw.py).
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                 "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+let classes = [];
+
+const $ = (id) => document.getElementById(id);
+
+function colourOf(label) {
+  const index = classes.indexOf(label);
+  const key = index >= 0 ? index : [...label].reduce((sum, c) => sum + c.charCodeAt(0), 0);
+  return PALETTE[key % PALETTE.length];
+}
+
+function say(element, text, isError = false) {
+  element.textContent = text;
+  element.className = isError ? "error" : "";
+}
+
+// The server answers every error as JSON {"detail", "error"}.
+async function call(url, options) {
+  const response = await fetch(url, options);
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* not JSON: reported below */ }
+  if (!response.ok) {
+    throw new Error(body && body.detail ? body.detail : `${response.status} ${response.statusText}`);
+  }
+  return body;
+}
+
+async function loadModel() {
+  try {
+    const info = await call("/v1/model");
+    classes = info.classes || [];
+    const parts = [];
+    if (info.task) {
+      parts.push(`${info.task}: ${info.model}, ${classes.length} classes (${classes.join(", ")})`);
+      $("conf").value = info.conf;
+      $("detect-section").hidden = false;
+    }
+    if (info.face) {
+      parts.push(`faces: ${info.face.model}, ${info.face.identities} people enrolled`);
+      $("face-section").hidden = false;
+      $("gallery").textContent = `Accepted above a cosine similarity of ${info.face.threshold}.`;
+    }
+    parts.push(`batches of up to ${info.batching.max_batch}`);
+    $("model").textContent = parts.join(" · ");
+  } catch (error) {
+    say($("model"), `cannot reach the server: ${error.message}`, true);
+  }
+}
+
+function drawImage(bitmap) {
+  const canvas = $("canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0);
+  return context;
+}
+
+function drawBoxes(context, detections) {
+  const side = Math.max(context.canvas.width, context.canvas.height);
+  const line = Math.max(2, Math.round(side / 250));
+  context.font = `${Math.max(12, Math.round(side / 40))}px sans-serif`;
+  context.textBaseline = "top";
+  for (const d of detections) {
+    const [x1, y1, x2, y2] = d.box;
+    const colour = colourOf(d.label);
+    context.lineWidth = line;
+    context.strokeStyle = colour;
+    context.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    const text = `${d.label} ${d.score.toFixed(2)}`;
+    const height = parseInt(context.font, 10) + 4;
+    const top = y1 - height >= 0 ? y1 - height : y1;
+    context.fillStyle = colour;
+    context.fillRect(x1, top, context.measureText(text).width + 6, height);
+    context.fillStyle = "#fff";
+    context.fillText(text, x1 + 3, top + 2);
+  }
+}
+
+function fillTable(detections) {
+  const body = $("detections").querySelector("tbody");
+  body.replaceChildren();
+  detections.forEach((d, i) => {
+    const row = body.insertRow();
+    row.insertCell().textContent = String(i + 1);
+    const label = row.insertCell();
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = colourOf(d.label);
+    label.append(swatch, d.label);
+    row.insertCell().textContent = d.score.toFixed(3);
+    row.insertCell().textContent = d.box.map((c) => c.toFixed(1)).join(", ");
+  });
+  $("detections").hidden = false;
+}
+
+async function detect(file) {
+  const status = $("status");
+  say(status, `detecting in ${file.name}…`);
+  const form = new FormData();
+  form.append("images", file, file.name);
+  const conf = Number($("conf").value);
+  try {
+    // The server's answer first: for a file that is not an image it says why.
+    const answer = await call(`/v1/predict?conf=${encodeURIComponent(conf)}`, { method: "POST", body: form });
+    const bitmap = await createImageBitmap(file);
+    const result = answer.results[0];
+    drawBoxes(drawImage(bitmap), result.detections);
+    fillTable(result.detections);
+    const count = result.detections.length;
+    say(status, `${count} detection${count === 1 ? "" : "s"} in ${result.image} (${result.width} x ${result.height})`);
+  } catch (error) {
+    $("detections").hidden = true;
+    say(status, error.message, true);
+  }
+}
+
+function setUpDetection() {
+  const drop = $("drop");
+  $("file").addEventListener("change", (event) => {
+    if (event.target.files.length) detect(event.target.files[0]);
+  });
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    if (event.dataTransfer.files.length) detect(event.dataTransfer.files[0]);
+  });
+}
+
+function setUpFaces() {
+  const status = $("face-status");
+  $("enroll-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = new FormData();
+    form.append("name", $("enroll-name").value);
+    for (const file of $("enroll-files").files) form.append("images", file, file.name);
+    const headers = $("api-key").value ? { "X-API-Key": $("api-key").value } : {};
+    try {
+      const answer = await call("/v1/face/enroll", { method: "POST", body: form, headers });
+      say(status, `${answer.name}: ${answer.added} added, ${answer.total} enrolled`);
+      loadModel();
+    } catch (error) {
+      say(status, error.message, true);
+    }
+  });
+  $("identify-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = new FormData();
+    const file = $("identify-file").files[0];
+    form.append("images", file, file.name);
+    try {
+      const answer = await call("/v1/face/identify", { method: "POST", body: form });
+      const result = answer.results[0];
+      say(status, result.identity ? `${result.image}: ${result.identity}` : `${result.image}: unknown`);
+      const body = $("matches").querySelector("tbody");
+      body.replaceChildren();
+      for (const match of result.matches) {
+        const row = body.insertRow();
+        row.insertCell().textContent = match.name;
+        row.insertCell().textContent = match.score.toFixed(3);
+      }
+      $("matches").hidden = false;
+    } catch (error) {
+      say(status, error.message, true);
+    }
+  });
+}
+
+setUpDetection();
+setUpFaces();
+loadModel();
