@@ -2,7 +2,7 @@
 mode gives a segmentation network after the same small training budget.
 
 ``python -m benchmarks upsample [--channels 64] [--size 64] [--batch 8] [--repeats 5]
-[--threads 1] [--steps 150] [--images 96] [--skip-train]``
+[--threads 1] [--steps 150] [--lr 1e-3] [--images 96] [--skip-train] [--parts 123]``
 
 1. **Block** (``sightkit.nn.Upsample``, ``C -> C`` channels, ×2, ``[B, C, S, S]`` float32 on
    the CPU): parameters, forward + backward time (median of ``--repeats``), and the same
@@ -20,7 +20,7 @@ mode gives a segmentation network after the same small training budget.
    initialisation and pixel shuffle without ICNR have a lot; unpooling is sparse by design.
 3. **Model and budget**: ``unet_r18_tiny`` with each mode: parameters, forward + backward of
    a ``[B, 3, 2S, 2S]`` batch, and validation mIoU after ``--steps`` optimiser steps of
-   ``sightkit train segment`` (batch 8, crops of 64, AdamW 1e-3, cosine) on synthetic shapes
+   ``sightkit train segment`` (batch 8, crops of 64, AdamW at ``--lr``, cosine) on synthetic shapes
    (``--images``, 20% for validation, seed 0, the same for every mode). One seed: differences
    of a few points are within run-to-run noise.
 """
@@ -188,7 +188,8 @@ def model_table(args: argparse.Namespace) -> None:
                 continue
             config = SegmentConfig(
                 model="unet_r18_tiny", upsample=mode, data=str(data), out=str(Path(folder) / mode), imgsz=64,
-                epochs=0, steps=args.steps, eval_every=args.steps, batch=8, progress=False, plot=False, seed=0,
+                epochs=0, steps=args.steps, eval_every=args.steps, batch=8, lr=args.lr, progress=False, plot=False,
+                seed=0,
             )  # fmt: skip
             start = time.perf_counter()
             metrics = train(config)
@@ -208,15 +209,17 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every row")
     parser.add_argument("--steps", type=int, default=150, help="training steps per mode")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the training runs")
     parser.add_argument("--images", type=int, default=96, help="synthetic shapes images (20%% validation)")
     parser.add_argument("--skip-train", action="store_true", help="leave out the mIoU column")
+    parser.add_argument("--parts", default="123", help="which tables to print, e.g. 3 for the models only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average {load:.1f}")
-    block_table(args)
-    checkerboard_table(args)
-    model_table(args)
+    for part, table in (("1", block_table), ("2", checkerboard_table), ("3", model_table)):
+        if part in args.parts:
+            table(args)
 
 
 if __name__ == "__main__":
