@@ -1,0 +1,82 @@
+"""The detection task with DINO: the collation hands the targets to the model, the task picks
+DINO's criterion and sigmoid postprocess, and the CLI trains, evaluates, predicts and exports
+dino_r18_tiny end to end in a subprocess on a tiny synthetic dataset."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from sightkit.data.synthetic.shapes import synthesize_shapes
+from sightkit.losses import DINOCriterion, SetCriterion
+from sightkit.models import create_model, detr_postprocess, dino_postprocess
+from sightkit.tasks.detect import DetectConfig, DetrCollate, build_criterion, postprocess_of, reads_targets
+from tests.tasks.test_detect import sightkit
+
+
+def test_the_task_uses_what_the_model_declares() -> None:
+    config = DetectConfig()
+    dino, detr = create_model("dino_r18_tiny", num_classes=3), create_model("detr_r18_tiny", num_classes=3)
+    criterion = build_criterion(dino, 3, config)
+    assert isinstance(criterion, DINOCriterion) and criterion.aux_layers == 2
+    assert isinstance(build_criterion(detr, 3, config), SetCriterion)
+    assert postprocess_of(dino) is dino_postprocess and postprocess_of(detr) is detr_postprocess
+    assert reads_targets(dino) and not reads_targets(detr)
+
+
+def test_collate_hands_the_targets_to_the_model() -> None:
+    target = {
+        "boxes": tv_tensors.BoundingBoxes([[8.0, 4.0, 48.0, 24.0]], format="XYXY", canvas_size=(40, 80)),
+        "labels": torch.tensor([1]),
+        "image_id": 3,
+        "orig_size": torch.tensor([40, 80]),
+    }
+    inputs, targets = DetrCollate(with_targets=True)([(torch.rand(3, 40, 80), target)])
+    assert inputs["targets"] is targets
+    torch.testing.assert_close(targets[0]["boxes"], torch.tensor([[28 / 80, 14 / 40, 40 / 80, 20 / 40]]))
+    assert "targets" not in DetrCollate()([(torch.rand(3, 40, 80), target)])[0]
+
+
+@pytest.mark.slow
+def test_cli_train_eval_predict_export_dino(tmp_path: Path) -> None:
+    data = tmp_path / "shapes"
+    synthesize_shapes(out=str(data), images=6, size=96, val_fraction=0.34, progress=False)
+    run = tmp_path / "run"
+    common = ["model=dino_r18_tiny", "imgsz=96", "max_size=128"]
+    result = sightkit("train", "detect", f"data={data}", f"out={run}", "steps=2", "batch=2", *common, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"][-1]
+    assert train["step"] == 2 and train["loss_vfl_dn_2"] > 0  # the denoising queries trained
+    assert "AP" in [r for r in records if r["kind"] == "val"][-1]
+    weights = run / "last.safetensors"
+
+    result = sightkit("eval", "detect", f"weights={weights}", f"data={data}", f"out={tmp_path / 'eval'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics) >= {"AP", "AP50", "AR100"} and -1 <= metrics["AP"] <= 1
+
+    pred = tmp_path / "pred"
+    result = sightkit(
+        "predict",
+        "detect",
+        f"weights={weights}",
+        f"source={data / 'images'}",
+        f"out={pred}",
+        "conf=0",
+        "top_k=7",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    detections = json.loads((pred / "detections.json").read_text())
+    # Sigmoid top-k over queries x classes: exactly top_k detections per image at conf=0.
+    assert len(detections) == 6 and all(len(record["detections"]) == 7 for record in detections)
+    scores = [det["score"] for det in detections[0]["detections"]]
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+
+    onnx = tmp_path / "model.onnx"
+    result = sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", "imgsz=64", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split("max |difference|")[1].split()[0]) < 1e-4
