@@ -34,7 +34,8 @@ def test_mobilefacenet_is_the_paper_size() -> None:
 
 
 def test_iresnet_stage_layout() -> None:
-    model = create_model("iresnet100")
+    with torch.device("meta"):
+        model = create_model("iresnet100")
     assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [3, 13, 30, 3]
     assert model.fc.in_features == 512 * 7 * 7 and not model.features.weight.requires_grad
 
@@ -70,7 +71,7 @@ def test_embed_faces_is_normalised_and_flip_invariant() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("name", ["iresnet_tiny"])  # MobileFaceNet's export is in the face CLI test
 def test_onnx_export_matches_eager(name: str, tmp_path: object) -> None:
     ort = pytest.importorskip("onnxruntime")
     model = create_model(name).eval()

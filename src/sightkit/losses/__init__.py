@@ -3,6 +3,7 @@
 from sightkit._api import build_namespace
 from sightkit.losses import (
     dino_criterion,  # noqa: F401
+    face_detection,  # noqa: F401
     focal,  # noqa: F401  (imported for its @export declarations)
     iou,  # noqa: F401
     margin,  # noqa: F401

@@ -9,6 +9,7 @@ from sightkit.models import (
     dino,  # noqa: F401
     dino_postprocess,  # noqa: F401
     face,  # noqa: F401
+    face_detector,  # noqa: F401
     fpn,  # noqa: F401
     mtcnn,  # noqa: F401
     pose,  # noqa: F401
