@@ -7,7 +7,8 @@ detect`` writes) is served by ``sightkit serve`` in a subprocess, once with batc
 (``max_batch=1``) and once on (``max_batch=32 max_wait_ms=5``). This process is the client:
 for each number of concurrent clients it sends a fixed number of requests (each client posts
 one image, waits for the answer, posts the next) and measures throughput and the p50/p99
-latency. Every request goes to 127.0.0.1 and the loops are bounded by count.
+latency, and the mean images per forward pass from the server's metrics. Every request goes
+to 127.0.0.1 and the loops are bounded by count.
 
 The issue's target: with 32 clients batching gives at least 2x the throughput of no batching,
 with p99 latency at most 3x the single-request latency (1 client, no batching).
@@ -22,7 +23,6 @@ import json
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,15 +117,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def batch_sizes(url: str) -> float:
-    """Mean images per forward pass so far, from the server's Prometheus metrics."""
-    text = httpx.get(f"{url}/metrics").text
+def batch_totals(url: str) -> tuple[float, float]:
+    """(images, forward passes) so far, from the server's Prometheus metrics."""
     values = {}
-    for line in text.splitlines():
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
         if line.startswith(("sightkit_batch_size_sum", "sightkit_batch_size_count")):
             name, value = line.rsplit(" ", 1)
             values[name.split("{")[0]] = float(value)
-    return values.get("sightkit_batch_size_sum", 0) / max(values.get("sightkit_batch_size_count", 1), 1)
+    return values.get("sightkit_batch_size_sum", 0.0), values.get("sightkit_batch_size_count", 0.0)
 
 
 def main(argv: list[str]) -> None:
@@ -151,21 +150,21 @@ def main(argv: list[str]) -> None:
                 answers[mode] = httpx.post(f"{url}/v1/predict", files={"images": ("0.png", images[0])}).json()
                 asyncio.run(load(url, images, 2, 8))  # warm-up
                 for count in clients:
+                    images_before, passes_before = batch_totals(url)
                     wall, latencies = asyncio.run(load(url, images, count, args.requests))
+                    images_after, passes_after = batch_totals(url)
                     results[(mode, count)] = (
                         len(latencies) / wall,
                         percentile(latencies, 0.5) * 1000,
                         percentile(latencies, 0.99) * 1000,
-                        statistics.fmean(latencies) * 1000,
+                        (images_after - images_before) / max(passes_after - passes_before, 1),
                     )
-                mean_batch = batch_sizes(url)
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=60)
-            print(f"batching {mode}: mean batch {mean_batch:.2f} images over the whole run")
-    print(f"\n{'batching':>8} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
-    for (mode, count), (rate, p50, p99, mean) in results.items():
-        print(f"{mode:>8} {count:>7} {rate:8.2f} {p50:8.1f} {p99:8.1f} {mean:8.1f}")
+    print(f"\n{'batching':>8} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6}")
+    for (mode, count), (rate, p50, p99, batch) in results.items():
+        print(f"{mode:>8} {count:>7} {rate:8.2f} {p50:8.1f} {p99:8.1f} {batch:6.2f}")
     single = results[("off", clients[0])][1]
     print(f"\nsingle-request latency (off, {clients[0]} client): p50 {single:.1f} ms")
     for count in clients:
