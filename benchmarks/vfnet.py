@@ -25,6 +25,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from benchmarks._timing import median_time
 from sightkit.data.synthetic.shapes import ShapesConfig, synthesize_shapes
 from sightkit.engine.trainer import Trainer
 from sightkit.models import create_model
-from sightkit.models.vfnet import VFNetHead, vfnet_postprocess
+from sightkit.models.vfnet import VFNetHead, final_boxes, vfnet_postprocess
 from sightkit.ops import box_convert
 from sightkit.tasks.detect import (
     CocoEvaluate,
@@ -127,25 +128,31 @@ def ablation(args: argparse.Namespace) -> None:
         print(f"varifocal - focal: AP {gain:+.3f}, AP50 {gain50:+.3f}; step time ratio {ratio:.2f}")
 
 
-def time_heads(channels: int, side: int, batch: int, num_classes: int, repeats: int) -> tuple[float, float, int, int]:
-    """Median seconds of (ours, YOLOv8's) head + postprocess on random pyramid features, and their parameter counts."""
+def time_heads(channels: int, side: int, batch: int, num_classes: int, repeats: int) -> dict[str, tuple[float, int]]:
+    """Median seconds and parameter count of each head + postprocess on the same random pyramid
+    features: ours, ours without the star-shaped deformable convolutions and refinement (the
+    paper's ablation), and YOLOv8's."""
     from ultralytics.nn.modules.head import Detect
     from ultralytics.utils.nms import non_max_suppression
 
     strides = (8, 16, 32, 64, 128)
     features = [torch.randn(batch, channels, -(-side // s), -(-side // s)) for s in strides]
     tiny = channels == 64  # vfnet_r18_tiny's head; otherwise the paper's
-    head = VFNetHead(num_classes, channels, channels, stacked_convs=2 if tiny else 3, gn_groups=16 if tiny else 32)
-    head.eval()
+    settings = {"stacked_convs": 2 if tiny else 3, "gn_groups": 16 if tiny else 32}
+    head = VFNetHead(num_classes, channels, channels, **settings).eval()
+    plain = VFNetHead(num_classes, channels, channels, refine=False, **settings).eval()
     yolo = Detect(nc=num_classes, ch=(channels,) * 3).eval()
     yolo.stride = torch.tensor([8.0, 16.0, 32.0])  # YOLOv8 predicts on P3-P5 only
     sizes = torch.tensor([[side, side]] * batch)
 
-    @torch.no_grad()
-    def ours() -> None:
-        outputs = head(features)
-        boxes = box_convert(outputs["pred_boxes_refine"] / side, "xyxy", "cxcywh")
-        vfnet_postprocess(outputs["pred_logits"], boxes, sizes, score_threshold=0.05, iou_threshold=0.6)
+    def ours(module: VFNetHead) -> Callable[[], None]:
+        @torch.no_grad()
+        def run() -> None:
+            outputs = module(features)
+            boxes = box_convert(final_boxes(outputs) / side, "xyxy", "cxcywh")
+            vfnet_postprocess(outputs["pred_logits"], boxes, sizes, score_threshold=0.05, iou_threshold=0.6)
+
+        return run
 
     @torch.no_grad()
     def theirs() -> None:
@@ -153,26 +160,23 @@ def time_heads(channels: int, side: int, batch: int, num_classes: int, repeats: 
         prediction = prediction[0] if isinstance(prediction, tuple) else prediction
         non_max_suppression(prediction, conf_thres=0.05, iou_thres=0.6, max_det=100)
 
-    return (
-        median_time(ours, repeats=repeats),
-        median_time(theirs, repeats=repeats),
-        sum(p.numel() for p in head.parameters()),
-        sum(p.numel() for p in yolo.parameters()),
-    )
+    return {
+        name: (median_time(fn, repeats=repeats), sum(p.numel() for p in module.parameters()))
+        for name, fn, module in (("vfnet", ours(head), head), ("no star", ours(plain), plain), ("yolov8", theirs, yolo))
+    }
 
 
 def latency(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"head + postprocess latency, {args.threads} thread(s); score threshold 0.05, NMS IoU 0.6, 100 detections")
-    print(f"{'setting':<30} {'ours ms':>8} {'yolov8 ms':>9} {'ours/yolo':>9} {'ours params':>11} {'yolo params':>11}")
+    print(f"{'setting':<30} {'head':<8} {'ms':>9} {'/ yolov8':>9} {'params':>8}")
     for channels, side, batch, num_classes in ((64, 128, 8, 5), (256, 640, 1, 80)):
-        ours, theirs, params_ours, params_yolo = time_heads(channels, side, batch, num_classes, args.repeats)
+        results = time_heads(channels, side, batch, num_classes, args.repeats)
         setting = f"{channels} ch, {side}px, batch {batch}, C={num_classes}"
-        print(
-            f"{setting:<30} {ours * 1e3:>8.1f} {theirs * 1e3:>9.1f} {ours / theirs:>9.2f} "
-            f"{params_ours / 1e6:>10.2f}M {params_yolo / 1e6:>10.2f}M"
-        )
+        for name, (seconds, params) in results.items():
+            ratio = seconds / results["yolov8"][0]
+            print(f"{setting:<30} {name:<8} {seconds * 1e3:>9.1f} {ratio:>9.2f} {params / 1e6:>7.2f}M")
 
 
 def main(argv: list[str]) -> None:

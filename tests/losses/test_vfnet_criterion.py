@@ -14,7 +14,7 @@ SIZES, STRIDES = [(8, 8), (4, 4)], [8, 16]
 
 
 def grid() -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    points, _, anchors = level_anchors(SIZES, STRIDES, 4.0, torch.device("cpu"))
+    points, anchors = level_anchors(SIZES, STRIDES, 4.0, torch.device("cpu"))
     return points, anchors, [h * w for h, w in SIZES]
 
 

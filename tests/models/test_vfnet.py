@@ -71,9 +71,8 @@ def test_star_offsets_pass_a_tenth_of_the_gradient() -> None:
 
 def test_locations_and_anchors() -> None:
     """Locations at cell centres, anchors of side anchor_scale * stride around them, level after level."""
-    points, strides, anchors = level_anchors([(2, 3), (1, 2)], [8, 16], 4.0, torch.device("cpu"))
+    points, anchors = level_anchors([(2, 3), (1, 2)], [8, 16], 4.0, torch.device("cpu"))
     assert points.tolist() == [[4, 4], [12, 4], [20, 4], [4, 12], [12, 12], [20, 12], [8, 8], [24, 8]]
-    assert strides.tolist() == [8] * 6 + [16] * 2
     assert anchors[0].tolist() == [4 - 16, 4 - 16, 4 + 16, 4 + 16]
     assert anchors[-1].tolist() == [24 - 32, 8 - 32, 24 + 32, 8 + 32]
 
@@ -94,7 +93,7 @@ def test_refinement_multiplies_the_detached_initial_distances() -> None:
         torch.testing.assert_close(out["pred_boxes_refine"], out["pred_boxes_init"])
         model.head.reg_refine.bias.fill_(math.log(2))
         doubled = model(images)
-    points, _, _ = level_anchors([(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)], model.head.strides, 8.0, images.device)
+    points, _ = level_anchors([(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)], model.head.strides, 8.0, images.device)
     init, refined = doubled["pred_boxes_init"][0], doubled["pred_boxes_refine"][0]
     torch.testing.assert_close(refined[:, :2] - points, 2 * (init[:, :2] - points))
     torch.testing.assert_close(refined[:, 2:] - points, 2 * (init[:, 2:] - points))

@@ -31,7 +31,7 @@ vfnet_r18_tiny  ResNet-18, BatchNorm, all      64        2                16    
 
 ``vfnet_r50`` is the paper's ResNet-50 model (its mmdetection configuration: P3-P7, anchor
 scale 8, ATSS top-9, VFL alpha 0.75 gamma 2, GIoU weights 1.5 and 2.0, NMS 0.6, score
-threshold 0.05, 1000 candidates per level, 100 detections). ``vfnet_r18_tiny`` keeps every
+threshold 0.05, 1000 candidates, 100 detections). ``vfnet_r18_tiny`` keeps every
 mechanism and shrinks the widths so that it trains from scratch on two CPU cores.
 
 Ablation switches of the paper (Table 3), as builder overrides: ``cls_loss="focal"`` trains
@@ -40,7 +40,10 @@ targets; ``refine=False`` drops the star-shaped deformable convolutions and the 
 refinement (the classifier reads the plain stacked-conv features and the IoU target is the
 initial box's).
 
-Boxes are absolute ``xyxy`` pixels of the (padded) input image throughout.
+Inside the model and its criterion, boxes are absolute ``xyxy`` pixels of the (padded) input
+image; the output ``"pred_boxes"`` follows the convention of every detector here, ``cxcywh``
+in [0, 1] of each image's unpadded size, so that the detection task, export and serving treat
+all detectors alike.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ def _conv_gn_relu(in_channels: int, out_channels: int, groups: int) -> nn.Sequen
 
 def level_anchors(
     sizes: Sequence[tuple[int, int]], strides: Sequence[int], anchor_scale: float, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Locations and ATSS anchors of every pyramid level, level after level, row-major.
 
     Location ``(i, j)`` of a level with stride ``s`` sits at the centre of its cell,
@@ -135,18 +138,17 @@ def level_anchors(
     centred there.
 
     Returns:
-        ``points`` ``[N, 2]`` (x, y), ``point_strides`` ``[N]`` and ``anchors`` ``[N, 4]`` xyxy.
+        ``points`` ``[N, 2]`` (x, y) and ``anchors`` ``[N, 4]`` xyxy.
     """
-    points, point_strides, anchors = [], [], []
+    points, anchors = [], []
     for (height, width), stride in zip(sizes, strides, strict=True):
         ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * stride
         xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * stride
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
         half = anchor_scale * stride / 2
         points.append(grid)
-        point_strides.append(torch.full((grid.shape[0],), float(stride), device=device))
         anchors.append(torch.cat((grid - half, grid + half), dim=-1))
-    return torch.cat(points), torch.cat(point_strides), torch.cat(anchors)
+    return torch.cat(points), torch.cat(anchors)
 
 
 @export("models.VFNetHead")
@@ -260,7 +262,7 @@ class VFNetHead(nn.Module):
                 cls_feat = self.relu(self.cls_dconv(cls_feat, offsets))
             logits.append(self.cls_score(cls_feat))
         sizes = [tuple(t.shape[-2:]) for t in logits]
-        points, _, anchors = level_anchors(sizes, self.strides, self.anchor_scale, logits[0].device)
+        points, anchors = level_anchors(sizes, self.strides, self.anchor_scale, logits[0].device)
 
         def flat(maps: list[Tensor]) -> Tensor:
             return torch.cat([m.flatten(2) for m in maps], dim=2).transpose(1, 2)  # [B, N, channels]
@@ -398,10 +400,10 @@ class VFNet(nn.Module):
         if nms not in NMS_KINDS:
             raise ValueError(f"nms must be one of {NMS_KINDS}, got {nms!r}")
         self.backbone = ResNetPyramid(backbone)
-        strides = head.get("strides", (8, 16, 32, 64, 128))
-        # C3..C5 feed the pyramid; each stride above C5's 32 is one extra level.
-        self.fpn = FPN(self.backbone.channels[-3:], fpn_channels, extra_levels=len(strides) - 3, upsample=upsample)
         self.head = VFNetHead(num_classes, in_channels=fpn_channels, **head)
+        # C3..C5 feed the pyramid; each stride above C5's 32 is one extra level.
+        extra_levels = len(self.head.strides) - 3
+        self.fpn = FPN(self.backbone.channels[-3:], fpn_channels, extra_levels=extra_levels, upsample=upsample)
         self.num_classes = num_classes
         self.cls_loss = cls_loss
         self.nms, self.iou_threshold = nms, iou_threshold
