@@ -1,7 +1,7 @@
 """``sightkit demo`` (``make demo``): watch a DETR detector learn, then see what it found.
 
 1. writes the synthetic shapes dataset to ``runs/data/shapes`` if it is not there;
-2. trains ``detr_r18_tiny`` on it for a few minutes on the CPU, with a progress bar;
+2. trains a small detector on it for a few minutes on the CPU, with a progress bar;
 3. evaluates the best weights with COCO AP (table, per-class AP, precision-recall plot);
 4. draws the predictions on the validation images;
 5. shows the box ops on a real photograph.
@@ -26,6 +26,7 @@ from sightkit.tasks.detect import DetectConfig, DetectEvalConfig, DetectPredictC
 class DemoConfig:
     """Settings of ``sightkit demo``."""
 
+    model: str = field(default="detr_r18_tiny", metadata={"help": "detector to train (sightkit.models.list_models())"})
     out: str = field(default="runs/demo", metadata={"help": "folder for everything the demo writes"})
     data: str = field(default="runs/data/shapes", metadata={"help": "synthetic shapes dataset (made if missing)"})
     images: int = field(default=600, metadata={"help": "images to synthesise when the dataset is missing"})
@@ -45,9 +46,9 @@ def run_demo(config: DemoConfig) -> None:
     else:
         console.print(f"1. using the dataset in {data}")
 
-    console.rule(f"2. training detr_r18_tiny for {config.steps} steps")
+    console.rule(f"2. training {config.model} for {config.steps} steps")
     train_config = DetectConfig(
-        model="detr_r18_tiny",
+        model=config.model,
         data=str(data),
         out=str(out / "train"),
         steps=config.steps,
