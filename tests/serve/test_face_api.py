@@ -100,7 +100,7 @@ def test_landmarks_align_as_the_command_line_does(face_weights: Path, crops: dic
     (tmp_path / "landmarks.json").write_text(json.dumps({"b.png": points}))
     aligned = embed_files(face_weights, [crops["b"]], str(tmp_path / "landmarks.json"))
     plain = embed_files(face_weights, [crops["b"]])
-    settings = ServeConfig(face_weights=str(face_weights), gallery=str(tmp_path / "g.db"))
+    settings = ServeConfig(weights=str(face_weights), gallery=str(tmp_path / "g.db"))  # face weights as weights=
     with TestClient(create_app(settings)) as client:
         client.post("/v1/face/enroll", data={"name": "bob"}, files=faces(b=crops["b"].read_bytes()))
         files = {"image": ("b.png", crops["b"].read_bytes())}

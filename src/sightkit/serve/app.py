@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 from fastapi import FastAPI, File, Query, Request, UploadFile
@@ -46,6 +46,9 @@ from sightkit.serve.errors import ServeError
 from sightkit.serve.images import decode_image
 from sightkit.serve.metrics import ServeMetrics
 from sightkit.serve.schemas import ErrorBody, Health, ModelInfo, PredictResponse
+
+if TYPE_CHECKING:
+    from sightkit.serve.face import FaceService
 
 LOG = logging.getLogger("sightkit.serve")
 STATIC = Path(__file__).parent / "static"
@@ -91,7 +94,7 @@ class Server:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sightkit-infer")
         self.detector: DetectPredictor | None = None
         self.batchers: dict[str, DynamicBatcher[Any, Any]] = {}
-        self.face: Any = None
+        self.face: FaceService | None = None
         if config.weights:
             self.detector = DetectPredictor(config.weights, self.device, top_k=config.top_k)
             self.batchers["detect"] = self._batcher(self.detector.name, self.detector.infer, self.detector.group)

@@ -138,7 +138,9 @@ def valid_name(name: str) -> str:
 
 def face_router(server: Server, errors: dict[int | str, dict[str, Any]]) -> APIRouter:
     """The ``/v1/face`` endpoints of ``server`` (which has a :class:`FaceService`)."""
-    face: FaceService = server.face
+    if server.face is None:
+        raise ValueError("face_router needs a server started with face_weights")
+    face = server.face
     router = APIRouter(prefix="/v1/face", tags=["face"])
     mutating = {**errors, 401: errors[400] | {"description": "missing or wrong X-API-Key"}}
 
