@@ -18,10 +18,11 @@ from sightkit.tasks.face_gallery import FaceGallery, impostor_thresholds
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """40 training identities and 20 held-out ones (10 crops each), LFW pairs over the held-out."""
+    """40 training identities and 20 held-out ones (10 crops each), LFW pairs over the held-out;
+    5 small scenes (4 train, 1 val) for the detector."""
     out = tmp_path_factory.mktemp("faces")
     synthesize_faces(
-        out=str(out), images=1, identities=40, test_identities=20, per_identity=10, crop=64, progress=False
+        out=str(out), images=5, size=96, identities=40, test_identities=20, per_identity=10, crop=64, progress=False
     )
     return out / "recognition"
 
@@ -184,3 +185,31 @@ def test_mtcnn_enrol_and_identify_a_photograph(tmp_path: Path) -> None:
     x1, y1, x2, y2 = record["box"]
     assert 150 < x1 < x2 < 300 and 30 < y1 < y2 < 200  # the face in the upper middle of the 512 x 512 photo
     assert (tmp_path / "who" / "photo.jpg").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_cli_face_detector(faces: Path, tmp_path: Path) -> None:
+    from sightkit.tasks.export import ExportConfig, export_onnx
+    from sightkit.tasks.face_detect import TrainedFaceDetector
+
+    data, run = faces.parent, tmp_path / "det"
+    result = _run(
+        "train", "face_detect", "model=face_detector_tiny", f"data={data}", f"out={run}", "steps=2", "batch=2",
+        "imgsz=64", "max_size=96", "progress=false", "plot=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = run / "last.safetensors"
+    metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "AP" in metrics and -1 <= metrics["AP"] <= 1  # evaluated on the val scene
+    scene = next((data / "images").iterdir())
+    result = _run(
+        "predict", "face_detect", f"weights={weights}", f"source={scene}", f"out={tmp_path / 'pred'}", "conf=0"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = json.loads((tmp_path / "pred" / "faces.json").read_text())
+    assert record["faces"] and len(record["faces"][0]["landmarks"]) == 5 and Path(record["picture"]).is_file()
+    # The untrained detector's boxes are in the scene's own pixels (its resize undone).
+    detector = TrainedFaceDetector(weights, score_threshold=0.0)
+    assert detector.detect(torch.zeros(1, 3, 90, 60, dtype=torch.uint8))[0]["boxes"][:, 2].max() < 200
+    out = export_onnx(ExportConfig(weights=str(weights), out=str(tmp_path / "det.onnx")))
+    assert out.is_file()

@@ -172,7 +172,7 @@ def load_embedder(weights: str | Path, device: torch.device | str = "cpu") -> Lo
     from safetensors.torch import load_file
 
     meta = read_metadata(weights)
-    if meta.get("task") != TASK or "model" not in meta:
+    if meta.get("task") != TASK or "model" not in meta or meta.get("kind", "embedder") != "embedder":
         raise ValueError(
             f"weights={str(weights)!r} were not written by `sightkit train face` (their metadata: "
             f"task={meta.get('task')!r}, model={meta.get('model')!r})"
@@ -358,9 +358,14 @@ class NormalisedEmbedder(nn.Module):
 
 
 def export_spec(weights: str | Path, imgsz: int = 0) -> ExportSpec:
-    """What ``sightkit export onnx`` needs for face weights: the embedder with normalised output,
+    """What ``sightkit export onnx`` needs for face weights (detector weights go to
+    :func:`sightkit.tasks.face_detect.export_spec`): the embedder with normalised output,
     an example input ``crops`` [1, 3, S, S] (aligned, normalised), a dynamic batch axis. The
     crop side is fixed by the embedder's fully connected layer, so ``imgsz`` must be 0 or it."""
+    if read_metadata(weights).get("kind") == "detector":  # sightkit train face_detect wrote them
+        from sightkit.tasks import face_detect
+
+        return face_detect.export_spec(weights, imgsz)
     loaded = load_embedder(weights)
     if imgsz and imgsz != loaded.imgsz:
         raise ValueError(f"imgsz must be 0 or the embedder's crop side {loaded.imgsz} for face weights, got {imgsz}")

@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -34,7 +35,7 @@ from sightkit.data.coco import read_image
 from sightkit.data.faces import IMAGE_SUFFIXES, FaceFolder, collate_faces, normalise_face
 from sightkit.eval.face import StreamingQuantile
 from sightkit.models.face import embed_faces
-from sightkit.models.mtcnn import MTCNN, load_mtcnn
+from sightkit.models.mtcnn import load_mtcnn
 from sightkit.ops.align import align_faces
 from sightkit.tasks.face import LoadedEmbedder, _device, load_embedder
 
@@ -183,15 +184,23 @@ class Faces:
     scores: Tensor | None = None
 
 
-def build_detector(detector: str, wheel: str = "") -> MTCNN | None:
-    """``None`` for face crops (``detector=''``), else the named detector with its weights."""
+def build_detector(detector: str, wheel: str = "") -> Any:
+    """``None`` for face crops (``detector=''``), MTCNN with the wheel's weights (``mtcnn``), or
+    the weights of ``sightkit train face_detect`` (a ``.safetensors`` path); each has ``detect``."""
+    if detector.endswith(".safetensors"):
+        from sightkit.tasks.face_detect import TrainedFaceDetector
+
+        return TrainedFaceDetector(detector)
     if detector not in DETECTORS:
-        raise ValueError(f"detector must be '' (the images are face crops) or 'mtcnn', got {detector!r}")
+        raise ValueError(
+            f"detector must be '' (the images are face crops), 'mtcnn' or a face_detect .safetensors file, "
+            f"got {detector!r}"
+        )
     return load_mtcnn(wheel) if detector == "mtcnn" else None
 
 
 def find_faces(
-    files: Sequence[Path], imgsz: int, detector: MTCNN | None, landmarks: str = "", largest_only: bool = False
+    files: Sequence[Path], imgsz: int, detector: Any, landmarks: str = "", largest_only: bool = False
 ) -> list[Faces]:
     """Aligned, normalised crops of the faces in each file: every detected face (the largest
     with ``largest_only``), or the file itself as one crop without a detector."""
@@ -223,7 +232,7 @@ class EnrollConfig:
 
     folder: str = field(default="", metadata=_help("identity folders DIR/NAME/*.png, one per person"))
     weights: str = field(default="", metadata=_help("embedder weights written by sightkit train face"))
-    detector: str = field(default="", metadata=_help("'' : the images are face crops; mtcnn: find the largest face"))
+    detector: str = field(default="", metadata=_help("'' : face crops; mtcnn or face_detect weights: largest face"))
     wheel: str = field(default="", metadata=_help("facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)"))
     landmarks: str = field(default="", metadata=_help("landmarks JSON for alignment ('' : crops are aligned)"))
     out: str = field(default="", metadata=_help("gallery file ('' : DIR/gallery.safetensors)"))
@@ -285,7 +294,7 @@ class IdentifyConfig:
 
     image: str = field(default="", metadata=_help("an image, or a folder of them"))
     gallery: str = field(default="", metadata=_help("gallery written by sightkit face enroll"))
-    detector: str = field(default="", metadata=_help("'' : the images are face crops; mtcnn: find every face"))
+    detector: str = field(default="", metadata=_help("'' : face crops; mtcnn or face_detect weights: every face"))
     wheel: str = field(default="", metadata=_help("facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)"))
     landmarks: str = field(default="", metadata=_help("landmarks JSON for alignment of crops ('' : aligned)"))
     far: float = field(default=1e-2, metadata=_help("accept a match above the gallery's threshold at this FAR"))
@@ -366,7 +375,7 @@ class VerifyConfig:
     gallery: str = field(default="", metadata=_help("a gallery whose calibrated thresholds give far="))
     far: float = field(default=1e-2, metadata=_help("decide at the gallery's threshold for this FAR"))
     threshold: float = field(default=math.nan, metadata=_help("decide at this cosine instead (nan: use far)"))
-    detector: str = field(default="", metadata=_help("'' : the images are face crops; mtcnn: the largest face"))
+    detector: str = field(default="", metadata=_help("'' : face crops; mtcnn or face_detect weights: largest face"))
     wheel: str = field(default="", metadata=_help("facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)"))
     landmarks: str = field(default="", metadata=_help("landmarks JSON for alignment of crops ('' : aligned)"))
     device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
