@@ -1,17 +1,20 @@
 """Load test of ``sightkit serve`` on loopback: dynamic batching on vs off.
 
-``python -m benchmarks serve_load [--requests 96] [--clients 1,8,32] [--imgsz 320]``
+``python -m benchmarks serve_load [--requests 64] [--rounds 2] [--clients 1,8,32] [--imgsz 320]``
 
 A detector (detr_r18_tiny with random weights, written with the metadata ``sightkit train
-detect`` writes) is served by ``sightkit serve`` in a subprocess, once with batching off
-(``max_batch=1``) and once on (``max_batch=32 max_wait_ms=5``). This process is the client:
+detect`` writes) is served by two ``sightkit serve`` subprocesses, one with batching off
+(``max_batch=1``) and one on (``max_batch=32 max_wait_ms=5``), measured in alternation so that
+the shared machine's changing load falls on both alike. This process is the client:
 for each number of concurrent clients it sends a fixed number of requests (each client posts
 one image, waits for the answer, posts the next) and measures throughput and the p50/p99
 latency, and the mean images per forward pass from the server's metrics. Every request goes
 to 127.0.0.1 and the loops are bounded by count.
 
 The issue's target: with 32 clients batching gives at least 2x the throughput of no batching,
-with p99 latency at most 3x the single-request latency (1 client, no batching).
+with p99 latency at most 3x the single-request latency (1 client, no batching). In this
+closed loop every client waits for its answer, so the latency at N clients is about
+N / throughput (Little's law): the p99 target needs a device with capacity to spare.
 """
 
 from __future__ import annotations
@@ -129,7 +132,8 @@ def batch_totals(url: str) -> tuple[float, float]:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=96, help="requests per (mode, clients) cell")
+    parser.add_argument("--requests", type=int, default=64, help="requests per (mode, clients) cell and round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, alternating which mode goes first")
     parser.add_argument("--clients", default="1,8,32", help="comma-separated numbers of concurrent clients")
     parser.add_argument("--imgsz", type=int, default=320, help="image side (the model's input size too)")
     parser.add_argument("--threads", type=int, default=0, help="server's torch threads (0: torch's default)")
@@ -137,39 +141,58 @@ def main(argv: list[str]) -> None:
     clients = [int(c) for c in args.clients.split(",")]
     print(
         f"CPUs {os.cpu_count()}, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}; "
-        f"{args.requests} requests of a {args.imgsz}x{args.imgsz} PNG per cell, detr_r18_tiny"
+        f"{args.rounds} x {args.requests} requests of a {args.imgsz}x{args.imgsz} PNG per cell, detr_r18_tiny"
     )
     images = [png(args.imgsz, seed) for seed in range(8)]
-    results: dict[tuple[str, int], tuple[float, float, float, float]] = {}
-    answers = {}
+    walls: dict[tuple[str, int], float] = {}
+    latencies: dict[tuple[str, int], list[float]] = {}
+    batches: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
         weights = write_weights(Path(folder), args.imgsz)
-        for mode in MODES:
-            process, url = start_server(weights, mode, args.threads)
-            try:
-                answers[mode] = httpx.post(f"{url}/v1/predict", files={"images": ("0.png", images[0])}).json()
+        # Both servers run all along (an idle one costs no CPU) and the cells alternate between
+        # them, so that the shared machine's changing load falls on both modes alike.
+        servers = {mode: start_server(weights, mode, args.threads) for mode in MODES}
+        try:
+            answers = {
+                mode: httpx.post(f"{url}/v1/predict", files={"images": ("0.png", images[0])}).json()
+                for mode, (_, url) in servers.items()
+            }
+            for _, url in servers.values():
                 asyncio.run(load(url, images, 2, 8))  # warm-up
+            for round_index in range(args.rounds):
                 for count in clients:
-                    images_before, passes_before = batch_totals(url)
-                    wall, latencies = asyncio.run(load(url, images, count, args.requests))
-                    images_after, passes_after = batch_totals(url)
-                    results[(mode, count)] = (
-                        len(latencies) / wall,
-                        percentile(latencies, 0.5) * 1000,
-                        percentile(latencies, 0.99) * 1000,
-                        (images_after - images_before) / max(passes_after - passes_before, 1),
-                    )
-            finally:
+                    order = list(MODES) if round_index % 2 == 0 else list(MODES)[::-1]
+                    for mode in order:
+                        url = servers[mode][1]
+                        images_before, passes_before = batch_totals(url)
+                        wall, times = asyncio.run(load(url, images, count, args.requests))
+                        images_after, passes_after = batch_totals(url)
+                        walls[(mode, count)] = walls.get((mode, count), 0.0) + wall
+                        latencies.setdefault((mode, count), []).extend(times)
+                        batches.setdefault((mode, count), []).append(
+                            (images_after - images_before) / max(passes_after - passes_before, 1)
+                        )
+        finally:
+            for process, _ in servers.values():
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=60)
     print(f"\n{'batching':>8} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6}")
-    for (mode, count), (rate, p50, p99, batch) in results.items():
-        print(f"{mode:>8} {count:>7} {rate:8.2f} {p50:8.1f} {p99:8.1f} {batch:6.2f}")
-    single = results[("off", clients[0])][1]
+    rate, p50, p99 = {}, {}, {}
+    for mode in MODES:
+        for count in clients:
+            key = (mode, count)
+            rate[key] = len(latencies[key]) / walls[key]
+            p50[key] = percentile(latencies[key], 0.5) * 1000
+            p99[key] = percentile(latencies[key], 0.99) * 1000
+            batch = sum(batches[key]) / len(batches[key])
+            print(f"{mode:>8} {count:>7} {rate[key]:8.2f} {p50[key]:8.1f} {p99[key]:8.1f} {batch:6.2f}")
+    single = p50[("off", clients[0])]
     print(f"\nsingle-request latency (off, {clients[0]} client): p50 {single:.1f} ms")
     for count in clients:
-        ratio = results[("on", count)][0] / results[("off", count)][0]
-        p99 = results[("on", count)][2]
-        print(f"{count:>3} clients: throughput on/off {ratio:.2f}x; p99 with batching {p99 / single:.2f}x single")
+        ratio = rate[("on", count)] / rate[("off", count)]
+        print(
+            f"{count:>3} clients: throughput on/off {ratio:.2f}x; "
+            f"p99 with batching {p99[('on', count)] / single:.2f}x single"
+        )
     same = answers["on"]["results"][0]["detections"] == answers["off"]["results"][0]["detections"]
     print(f"answers of one image equal with batching on and off: {same}")
