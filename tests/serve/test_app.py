@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from sightkit.serve.app import ServeConfig, create_app
+from sightkit.serve.app import create_app
+from sightkit.serve.config import ServeConfig
 from sightkit.tasks.detect import DetectPredictConfig, predict
 
 CLASSES = ["circle", "square", "triangle"]  # as in conftest.detector_weights
