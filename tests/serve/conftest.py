@@ -61,3 +61,17 @@ def face_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "face.safetensors"
     save_weights(holder, path, weights_metadata(FaceConfig(model="iresnet_tiny"), holder.embedder, num_classes=4))
     return path
+
+
+@pytest.fixture(scope="session")
+def segment_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random unet_r18_tiny weights with the metadata `sightkit train segment` writes (imgsz 64)."""
+    from sightkit.tasks.segment import SegmentConfig, build_model, weights_metadata
+
+    torch.manual_seed(2)
+    config = SegmentConfig(model="unet_r18_tiny", imgsz=64)
+    classes = ["background", "circle", "square"]
+    model = build_model(config.model, len(classes), config.upsample)
+    path = tmp_path_factory.mktemp("weights") / "unet.safetensors"
+    save_weights(model, path, weights_metadata(config, model, classes))
+    return path

@@ -194,7 +194,7 @@ def test_model_info_health_and_openapi(detector_weights: Path) -> None:
 def test_overload_timeout_and_model_errors_are_json(detector_weights: Path, png: PNG) -> None:
     image = upload(("a.png", png(32, 32, 20)))
     with client_for(detector_weights, timeout_s=0.05) as client:
-        batcher = client.app.state.server.batchers["detect"]
+        batcher = client.app.state.server.batchers["predict"]
         real = batcher.infer
 
         release = threading.Event()

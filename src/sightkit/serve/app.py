@@ -1,9 +1,10 @@
-"""``sightkit serve``: the HTTP API (FastAPI) around a trained model, with dynamic batching.
+"""``sightkit serve``: the HTTP API (FastAPI) around trained models, with dynamic batching.
 
 Endpoints (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``):
 
 - ``POST /v1/predict``: one or more images (multipart field ``images``) -> detections in the
-  schema of ``sightkit predict detect``;
+  schema of ``sightkit predict detect``, or with a segmenter the share of each class as
+  ``sightkit predict segment`` reports it;
 - ``GET /v1/model``: task, model, classes, input size, weights hash, batching and limits;
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text format);
 - ``/v1/face/...`` (with ``face_weights=``): enrol, identify, verify, delete, list, on a
@@ -48,7 +49,9 @@ from sightkit.serve.metrics import ServeMetrics
 from sightkit.serve.schemas import ErrorBody, Health, ModelInfo, PredictResponse
 
 if TYPE_CHECKING:
+    from sightkit.serve.detect import DetectPredictor
     from sightkit.serve.face import FaceService
+    from sightkit.serve.segment import SegmentPredictor
 
 LOG = logging.getLogger("sightkit.serve")
 STATIC = Path(__file__).parent / "static"
@@ -78,26 +81,31 @@ class Server:
     """What the app holds: the models, their batchers, the gallery, the metrics."""
 
     def __init__(self, config: ServeConfig) -> None:
-        from sightkit.serve.detect import DetectPredictor
+        from sightkit.tasks.detect import read_metadata
 
         check_config(config)
-        if config.weights and not config.face_weights:
-            from sightkit.tasks.detect import read_metadata
-
-            if read_metadata(config.weights).get("task") == "face":  # face weights given as weights=
-                config = dataclasses.replace(config, weights="", face_weights=config.weights)
+        task = read_metadata(config.weights).get("task") if config.weights else None
+        if task == "face" and not config.face_weights:  # face weights given as weights=
+            config, task = dataclasses.replace(config, weights="", face_weights=config.weights), None
         self.config = config
         self.device = _device(config.device)
         self.metrics = ServeMetrics()
         # One inference thread for every model: on a CPU two models computing at once only
         # slow each other down, and on a GPU they would share one stream anyway.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sightkit-infer")
-        self.detector: DetectPredictor | None = None
+        self.predictor: DetectPredictor | SegmentPredictor | None = None
         self.batchers: dict[str, DynamicBatcher[Any, Any]] = {}
         self.face: FaceService | None = None
-        if config.weights:
-            self.detector = DetectPredictor(config.weights, self.device, top_k=config.top_k)
-            self.batchers["detect"] = self._batcher(self.detector.name, self.detector.infer, self.detector.group)
+        if task == "segment":
+            from sightkit.serve.segment import SegmentPredictor
+
+            self.predictor = SegmentPredictor(config.weights, self.device)
+        elif config.weights:  # detect, or load_detector's error naming what the file is
+            from sightkit.serve.detect import DetectPredictor
+
+            self.predictor = DetectPredictor(config.weights, self.device, top_k=config.top_k)
+        if self.predictor is not None:
+            self.batchers["predict"] = self._batcher(self.predictor.name, self.predictor.infer, self.predictor.group)
         if config.face_weights:
             from sightkit.serve.face import FaceService
 
@@ -181,8 +189,8 @@ class Server:
             },
             "face": None,
         }
-        if self.detector is not None:
-            info.update(self.detector.info())
+        if self.predictor is not None:
+            info.update(self.predictor.info())
         if self.face is not None:
             info["face"] = {**self.face.info(), "api_key_required": bool(self.api_key)}
         return info
@@ -343,30 +351,26 @@ def create_app(config: ServeConfig) -> FastAPI:
             info["face"]["identities"] = len(await run_in_threadpool(server.face.gallery.identities))
         return info
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS, summary="Detect objects in images")
+    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS, summary="Detect objects or segment")
     async def predict(
         images: Annotated[list[UploadFile], File(description="one or more JPEG, PNG, WebP or BMP images")],
         conf: Annotated[float | None, Query(ge=0, le=1, description="score threshold (default: the server's)")] = None,
         top_k: Annotated[int | None, Query(ge=1, description="most detections per image")] = None,
     ) -> dict[str, Any]:
-        detector = server.detector
-        if detector is None:
-            raise ServeError(404, "no_detector", "this server has no detector (started with face_weights only)")
+        predictor = server.predictor
+        if predictor is None:
+            message = "this server has no detector or segmenter (started with face_weights only)"
+            raise ServeError(404, "no_model", message)
         decoded = await server.read_images(images)
-        prepared = [await run_in_threadpool(detector.prepare, image) for _, image in decoded]
-        found = await asyncio.gather(*(server.run("detect", item) for item in prepared))
+        prepared = [await run_in_threadpool(predictor.prepare, image) for _, image in decoded]
+        outputs = await asyncio.gather(*(server.run("predict", item) for item in prepared))
         threshold = config.conf if conf is None else conf
         limit = min(top_k or config.top_k, config.top_k)
         results = [
-            {
-                "image": name,
-                "width": item.width,
-                "height": item.height,
-                "detections": [d for d in detections if d["score"] >= threshold][:limit],
-            }
-            for (name, _), item, detections in zip(decoded, prepared, found, strict=True)
+            predictor.record(name, item, output, conf=threshold, top_k=limit)
+            for (name, _), item, output in zip(decoded, prepared, outputs, strict=True)
         ]
-        return {"task": detector.task, "model": detector.name, "results": results}
+        return {"task": predictor.task, "model": predictor.name, "results": results}
 
     if server.face is not None:
         from sightkit.serve.face import face_router

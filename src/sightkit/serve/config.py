@@ -14,7 +14,7 @@ def _help(text: str) -> dict[str, str]:
 class ServeConfig:
     """Settings of ``sightkit serve``."""
 
-    weights: str = field(default="", metadata=_help("detector weights (.safetensors from sightkit train detect)"))
+    weights: str = field(default="", metadata=_help("detector or segmenter weights (sightkit train detect|segment)"))
     face_weights: str = field(default="", metadata=_help("face embedder weights for /v1/face/* ('' : no face API)"))
     gallery: str = field(default="runs/serve/gallery.db", metadata=_help("SQLite file of the face gallery"))
     host: str = field(default="127.0.0.1", metadata=_help("address to listen on (0.0.0.0: every interface)"))

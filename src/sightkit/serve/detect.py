@@ -110,6 +110,13 @@ class DetectPredictor:
         found = self.postprocess(outputs["pred_logits"], outputs["pred_boxes"], sizes, top_k=self.top_k)
         return [self._records(f) for f in found]
 
+    def record(
+        self, name: str, item: Prepared, output: list[dict[str, Any]], conf: float, top_k: int
+    ) -> dict[str, Any]:
+        """One image's answer: its detections scoring at least ``conf``, ``top_k`` at most."""
+        detections = [d for d in output if d["score"] >= conf][:top_k]
+        return {"image": name, "width": item.width, "height": item.height, "detections": detections}
+
     def _records(self, found: dict[str, Tensor]) -> list[dict[str, Any]]:
         classes, category_ids = self.detector.classes, self.detector.category_ids
         return [

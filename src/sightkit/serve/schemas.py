@@ -25,10 +25,17 @@ class DetectionResult(BaseModel):
     detections: list[Detection] = Field(description="best first, scoring at least conf")
 
 
+class SegmentationResult(BaseModel):
+    image: str = Field(description="the upload's file name")
+    width: int
+    height: int
+    classes: dict[str, float] = Field(description="class name -> fraction of the image's pixels, rounded to 4 decimals")
+
+
 class PredictResponse(BaseModel):
-    task: str
+    task: str = Field(description="detect or segment")
     model: str
-    results: list[DetectionResult] = Field(description="one per uploaded image, in upload order")
+    results: list[DetectionResult | SegmentationResult] = Field(description="one per uploaded image, in upload order")
 
 
 class BatchingInfo(BaseModel):

@@ -1,5 +1,5 @@
 // The page of `sightkit serve`: send an image to /v1/predict, draw the boxes on a canvas, list
-// them in a table; enrol and identify faces when the server has a face model. Plain browser
+// them in a table (a segmenter's answer: the share of each class); enrol and identify faces when the server has a face model. Plain browser
 // JavaScript, no build step.
 "use strict";
 
@@ -101,6 +101,17 @@ function fillTable(detections) {
   $("detections").hidden = false;
 }
 
+function fillClasses(fractions) {
+  const body = $("classes").querySelector("tbody");
+  body.replaceChildren();
+  for (const [name, share] of Object.entries(fractions).sort((a, b) => b[1] - a[1])) {
+    const row = body.insertRow();
+    row.insertCell().textContent = name;
+    row.insertCell().textContent = `${(100 * share).toFixed(1)} %`;
+  }
+  $("classes").hidden = false;
+}
+
 async function detect(file) {
   const status = $("status");
   say(status, `detecting in ${file.name}…`);
@@ -112,12 +123,20 @@ async function detect(file) {
     const answer = await call(`/v1/predict?conf=${encodeURIComponent(conf)}`, { method: "POST", body: form });
     const bitmap = await createImageBitmap(file);
     const result = answer.results[0];
-    drawBoxes(drawImage(bitmap), result.detections);
-    fillTable(result.detections);
-    const count = result.detections.length;
-    say(status, `${count} detection${count === 1 ? "" : "s"} in ${result.image} (${result.width} x ${result.height})`);
+    const context = drawImage(bitmap);
+    const size = `${result.image} (${result.width} x ${result.height})`;
+    if (result.classes) {  // a segmenter: how much of the image each class covers
+      fillClasses(result.classes);
+      say(status, `segmented ${size}`);
+    } else {
+      drawBoxes(context, result.detections);
+      fillTable(result.detections);
+      const count = result.detections.length;
+      say(status, `${count} detection${count === 1 ? "" : "s"} in ${size}`);
+    }
   } catch (error) {
     $("detections").hidden = true;
+    $("classes").hidden = true;
     say(status, error.message, true);
   }
 }
