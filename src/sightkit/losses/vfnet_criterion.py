@@ -108,7 +108,7 @@ class VFNetCriterion(nn.Module):
                 raise ValueError(
                     f"targets[{b}]['labels'] must lie in [0, {self.num_classes - 1}], got {labels.tolist()}"
                 )
-            assigned.append(atss_assign(anchors, outputs["level_sizes"], target["boxes"], self.topk))
+            assigned.append(atss_assign(anchors, outputs["level_sizes"], target["boxes"].to(anchors.device), self.topk))
         assigned = torch.stack(assigned)  # [B, N], -1 on negatives
         image, point = torch.nonzero(assigned >= 0, as_tuple=True)
         gt = assigned[image, point]
