@@ -1,6 +1,10 @@
 """DETR train step against transformers' DetrForObjectDetection, and inference eager vs ONNX Runtime.
 
-``python -m benchmarks detr_train_step [--configs tiny r50] [--repeats 5] [--threads 2] [--no-rss] [--no-onnx]``
+``python -m benchmarks detr_train_step [--configs tiny r50] [--repeats 5] [--threads 1] [--no-rss] [--no-onnx]``
+
+``--threads`` (default 1) sets torch's and ONNX Runtime's intra-op threads: one thread does
+the same work on one core on both sides; with two threads on a loaded two-core machine the
+wall times mostly measure how each library's thread pool copes with being descheduled.
 
 Train step (batch 2, CPU, float32): ``zero_grad``, forward, loss (with auxiliary losses),
 backward, AdamW step, for two configurations built the same way on both sides:
@@ -42,6 +46,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import io
+import logging
 import os
 import re
 import statistics
@@ -312,9 +318,16 @@ def onnx_latency(config: Config, repeats: int, threads: int) -> tuple[float, flo
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         start = time.perf_counter()
-        with warnings.catch_warnings(), contextlib.redirect_stdout(None):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (images,), path, dynamo=True, input_names=["images"])
+        # The exporter reports its progress on stdout and the graph optimiser on the log.
+        optimiser_log = logging.getLogger("onnxscript")
+        level = optimiser_log.level
+        optimiser_log.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (images,), path, dynamo=True, input_names=["images"])
+        finally:
+            optimiser_log.setLevel(level)
         export_time = time.perf_counter() - start
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -345,7 +358,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks detr_train_step", description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per side")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (and ONNX Runtime's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (and ONNX Runtime's)")
     parser.add_argument("--no-rss", action="store_true", help="skip the fresh-process memory measurement")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime latency")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
