@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from sightkit.config import ConfigError, build_config, config_help
-from sightkit.tasks import detect, face, face_detect, segment
+from sightkit.tasks import detect, face, face_detect, pose, segment
 from sightkit.tasks.export import ExportConfig, export_onnx
 
 Mode = dict[str, tuple[type, Callable[..., Any]]]
@@ -24,17 +24,20 @@ TRAIN: Mode = {
     "detect": (detect.DetectConfig, detect.train),
     "face": (face.FaceConfig, face.train),
     "face_detect": (face_detect.FaceDetectConfig, face_detect.train),
+    "pose": (pose.PoseConfig, pose.train),
     "segment": (segment.SegmentConfig, segment.train),
 }
 EVAL: Mode = {
     "detect": (detect.DetectEvalConfig, detect.evaluate),
     "face": (face.FaceEvalConfig, face.evaluate),
     "face_detect": (face_detect.FaceDetectEvalConfig, face_detect.evaluate),
+    "pose": (pose.PoseEvalConfig, pose.evaluate),
     "segment": (segment.SegmentEvalConfig, segment.evaluate),
 }
 PREDICT: Mode = {
     "detect": (detect.DetectPredictConfig, detect.predict),
     "face_detect": (face_detect.FaceDetectPredictConfig, face_detect.predict),
+    "pose": (pose.PosePredictConfig, pose.predict),
     "segment": (segment.SegmentPredictConfig, segment.predict),
 }
 EXPORT: Mode = {"onnx": (ExportConfig, export_onnx)}
