@@ -157,3 +157,17 @@ def test_bad_inputs_are_errors() -> None:
         identification_accuracy(torch.zeros(1, 2), torch.tensor([4]), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="needs mated and non-mated probes, got 1 mated of 1"):
         open_set_identification(torch.zeros(1, 2), torch.tensor([0]), torch.tensor([0, 1]))
+
+
+def test_roc_equals_scikit_learn() -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    g = torch.Generator().manual_seed(3)
+    labels = torch.rand(5000, generator=g) < 0.3
+    scores = torch.where(labels, 0.4, 0.0) + torch.randn(5000, generator=g, dtype=torch.float64) * 0.2
+    scores = (scores * 50).round() / 50  # ties, as quantised scores have
+    far, tar, thresholds = metrics.roc_curve(labels.numpy(), scores.numpy(), drop_intermediate=False)
+    ours = roc_curve(scores, labels)
+    torch.testing.assert_close(ours.far, torch.from_numpy(far))
+    torch.testing.assert_close(ours.tar, torch.from_numpy(tar))
+    torch.testing.assert_close(ours.thresholds[1:], torch.from_numpy(thresholds[1:]))
+    assert ours.auc == pytest.approx(metrics.roc_auc_score(labels.numpy(), scores.numpy()), abs=1e-12)

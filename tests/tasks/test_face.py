@@ -12,7 +12,7 @@ import torch
 from sightkit.data.synthetic.faces import synthesize_faces
 from sightkit.engine.checkpoint import save_weights
 from sightkit.losses import PartialFC
-from sightkit.tasks.face import FaceConfig, load_embedder, train, verification_metrics
+from sightkit.tasks.face import FaceConfig, FaceEvalConfig, evaluate, load_embedder, train, verification_metrics
 from sightkit.tasks.face_gallery import FaceGallery, impostor_thresholds
 
 
@@ -82,8 +82,8 @@ def test_cli_train_eval_export(faces: Path, tmp_path: Path) -> None:
     assert record["image"] == str(image) and len(record["candidates"]) == 5
     result = _run("face", "verify", str(image), str(image), gallery, landmarks, "far=0.1")
     assert result.returncode == 0 and "similarity 1.0000" in result.stdout and "same person" in result.stdout
-    result = _run("eval", "face", f"weights={weights}", "pairs=/nonexistent/pairs.txt")
-    assert result.returncode == 2 and "pairs='/nonexistent/pairs.txt' does not exist" in result.stderr
+    with pytest.raises(FileNotFoundError, match=r"pairs='/nonexistent/pairs\.txt' does not exist"):
+        evaluate(FaceEvalConfig(weights=str(weights), pairs="/nonexistent/pairs.txt"))
 
 
 def test_verification_metrics_by_hand() -> None:

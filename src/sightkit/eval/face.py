@@ -89,8 +89,9 @@ def roc_curve(scores: Tensor, labels: Tensor) -> RocCurve:
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives == 0 or negatives == 0:
         raise ValueError(f"labels must hold both kinds of pairs, got {positives} same and {negatives} different")
-    order = torch.argsort(scores, descending=True, stable=True)
-    ordered, hits = scores[order], labels[order].double()
+    # The order within a run of equal scores does not matter (only run ends are read): no stable sort.
+    ordered, order = torch.sort(scores, descending=True)
+    hits = labels[order].double()
     # The last index of each run of equal scores: a threshold accepts the whole run.
     last = torch.nonzero(torch.diff(ordered, append=ordered.new_tensor([-math.inf]))).squeeze(1)
     true_accepts = torch.cumsum(hits, 0)[last]
@@ -103,11 +104,14 @@ def roc_curve(scores: Tensor, labels: Tensor) -> RocCurve:
     )
 
 
-def _threshold_at_rate(negative_scores: Tensor, rate: float) -> float:
-    """The smallest threshold ``t`` among the negative scores with ``mean(negatives > t) <= rate``."""
+def _threshold_at_rate(negative_scores: Tensor, rate: float, descending: Tensor | None = None) -> float:
+    """The smallest threshold ``t`` among the negative scores with ``mean(negatives > t) <= rate``
+    (``descending``: the negative scores already sorted that way, to share one sort)."""
     allowed = math.floor(rate * negative_scores.numel() + 1e-9)
     if allowed >= negative_scores.numel():
         return -math.inf
+    if descending is not None:
+        return float(descending[allowed])
     return float(torch.topk(negative_scores, allowed + 1).values[-1])
 
 
@@ -126,33 +130,34 @@ def tar_at_far(scores: Tensor, labels: Tensor, fars: Sequence[float] = FARS) -> 
     negative, positive = scores[~labels], scores[labels]
     if positive.numel() == 0 or negative.numel() == 0:
         raise ValueError("labels must hold both same-person and different-person pairs")
+    # One sort of each side serves every target: thresholds by index, TAR by binary search.
+    descending = torch.sort(negative, descending=True).values
+    ascending = torch.sort(positive).values
     results = {}
     for far in fars:
         if not 0 < far < 1:
             raise ValueError(f"fars must lie in (0, 1), got {far}")
         if negative.numel() * far < 1 - 1e-9:
             continue
-        threshold = _threshold_at_rate(negative, far)
-        results[far] = (float((positive > threshold).double().mean()), threshold)
+        threshold = _threshold_at_rate(negative, far, descending)
+        rejected = int(torch.searchsorted(ascending, ascending.new_tensor([threshold]), right=True))
+        results[far] = (1.0 - rejected / ascending.numel(), threshold)
     return results
 
 
-def _best_threshold(scores: Tensor, labels: Tensor) -> float:
-    """The threshold (accept when score > t) with the highest accuracy on these pairs: midway
-    between two consecutive distinct scores (or below/above all); the lowest one on ties."""
-    ordered, order = torch.sort(scores)
-    hits = labels[order].double()
+def _best_threshold(ordered: Tensor, hits: Tensor) -> float:
+    """The threshold (accept when score > t) with the highest accuracy on pairs given in
+    ascending score order (``hits``: their same-person flags as float64): midway between two
+    consecutive distinct scores (or below/above all); the lowest one on ties."""
     last = torch.nonzero(torch.diff(ordered, append=ordered.new_tensor([math.inf]))).squeeze(1)
+    below = torch.cumsum(hits, 0)[last]
     # Threshold just above the run ending at `last`: the run and everything below it is rejected.
-    rejected_negatives = (last + 1).double() - torch.cumsum(hits, 0)[last]
-    accepted_positives = hits.sum() - torch.cumsum(hits, 0)[last]
-    correct = torch.cat([hits.sum().reshape(1), rejected_negatives + accepted_positives])
-    candidates = torch.cat([ordered[:1] - 1.0, ordered[last]])
+    correct = torch.cat([hits.sum().reshape(1), (last + 1).double() - below + (hits.sum() - below)])
     best = int(torch.argmax(correct))
     if best == 0:
-        return float(candidates[0])
+        return float(ordered[0] - 1.0)
     upper = ordered[last[best - 1] + 1] if best - 1 < last.numel() - 1 else ordered[-1] + 1.0
-    return float((candidates[best] + upper) / 2)
+    return float((ordered[last[best - 1]] + upper) / 2)
 
 
 @export("eval.kfold_accuracy")
@@ -179,10 +184,14 @@ def kfold_accuracy(scores: Tensor, labels: Tensor, folds: int | Tensor = 10) -> 
         if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= count:
             raise ValueError(f"folds must be an integer in [2, P={count}], got {folds!r}")
         fold_ids = torch.arange(count) * folds // count
+    # One sort for all folds: each fold's training pairs, in score order, are a filter of it.
+    order = torch.argsort(scores, stable=True)
+    ordered, hits, ordered_folds = scores[order], labels[order].double(), fold_ids[order]
     accuracies, thresholds = [], []
     for fold in torch.unique(fold_ids).tolist():
+        train = ordered_folds != fold
+        threshold = _best_threshold(ordered[train], hits[train])
         test = fold_ids == fold
-        threshold = _best_threshold(scores[~test], labels[~test])
         accuracies.append(float(((scores[test] > threshold) == labels[test]).double().mean()))
         thresholds.append(threshold)
     values = torch.tensor(accuracies, dtype=torch.float64)
@@ -191,7 +200,7 @@ def kfold_accuracy(scores: Tensor, labels: Tensor, folds: int | Tensor = 10) -> 
         "std": float(values.std(unbiased=False)),
         "accuracies": accuracies,
         "thresholds": thresholds,
-        "best_threshold": _best_threshold(scores, labels),
+        "best_threshold": _best_threshold(ordered, hits),
     }
 
 
