@@ -93,7 +93,8 @@ def rle_loss(
         flow: the residual density ``G``, a :class:`~sightkit.nn.RealNVP` of dimension ``D``
             (its parameters train with this loss).
         weight: ``[..., K]`` per-keypoint weights, e.g. ``visibility > 0``; a keypoint of
-            weight 0 contributes nothing, not even a NaN. ``None``: all 1.
+            weight 0 contributes nothing, not even a NaN, and the flow is not evaluated on
+            it. ``None``: all 1.
         q: the base density ``Q``: ``"laplace"`` (the paper's choice for COCO) or ``"gaussian"``.
         form: ``"paper"``, ``"official"`` or ``"mmpose"``.
         reduction: ``"none"`` (``[..., K]``, weighted), ``"sum"`` or ``"mean"`` (over the
@@ -119,7 +120,13 @@ def rle_loss(
         target = target.detach().to(dtype)
         residual = pred - target
         scaled = residual / (sigma + 1e-9) if form == "mmpose" else residual / sigma
-        log_g = flow.log_prob(scaled).to(dtype)  # [..., K]
+        if weight is None:
+            log_g = flow.log_prob(scaled).to(dtype)  # [..., K]
+        else:
+            # The flow, the costly part, runs only on the keypoints that count (on COCO a third
+            # or more are unlabelled); the others get 0, which the weighting discards anyway.
+            counted = weight.detach() > 0
+            log_g = scaled.new_zeros(scaled.shape[:-1]).index_put((counted,), flow.log_prob(scaled[counted]).to(dtype))
         log_sigma = torch.log(sigma)
         dims = pred.shape[-1]
         if form == "official":
