@@ -1,6 +1,7 @@
 """The HTTP API with FastAPI's test client: answers equal `sightkit predict`'s, bad uploads get
 4xx JSON errors, concurrent requests are batched and answered as if alone, metrics, limits."""
 
+import asyncio
 import hashlib
 import re
 import threading
@@ -236,3 +237,32 @@ def test_bad_settings_fail_before_serving(detector_weights: Path, tmp_path: Path
         create_app(ServeConfig(weights=str(detector_weights), conf=2))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         create_app(ServeConfig(weights=str(tmp_path / "missing.safetensors")))
+
+
+def test_body_limit_answers_before_the_app_reads() -> None:
+    """BodyLimit alone (ASGI): a bad or too large Content-Length never reaches the app."""
+    from sightkit.serve.app import BodyLimit
+
+    reached = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        reached.append(scope)
+
+    async def call(length: bytes) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        await BodyLimit(app, 10)({"type": "http", "headers": [(b"content-length", length)]}, receive, send)
+        return sent
+
+    bad = asyncio.run(call(b"ten"))
+    assert bad[0]["status"] == 400 and b"Content-Length must be a number of bytes" in bad[1]["body"]
+    big = asyncio.run(call(b"11"))
+    assert big[0]["status"] == 413 and b"larger than the limit of 10 bytes" in big[1]["body"]
+    assert reached == []
+    assert asyncio.run(call(b"10")) == [] and len(reached) == 1

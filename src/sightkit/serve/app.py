@@ -220,9 +220,13 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            error = BodyTooLarge(self.limit)
-            await _error(413, "too_large", error.detail)(scope, receive, send)
+        if declared is not None and not declared.isdigit():
+            await _error(400, "bad_request", f"Content-Length must be a number of bytes, got {declared!r}")(
+                scope, receive, send
+            )
+            return
+        if declared is not None and int(declared) > self.limit:
+            await _error(413, "too_large", BodyTooLarge(self.limit).detail)(scope, receive, send)
             return
         received = 0
 
