@@ -183,6 +183,8 @@ class PoseEvaluator:
         self.oks_nms_threshold = oks_nms_threshold
         self.pck_threshold = pck_threshold
         self._people: list[dict[str, Tensor]] = []
+        #: Per-keypoint error rows of the last :meth:`compute` (empty without ground truth).
+        self.rows: list[dict[str, Any]] = []
 
     def update(
         self,
@@ -244,7 +246,7 @@ class PoseEvaluator:
         self.coco.reset()
         self.coco.update(predictions)
         metrics = self.coco.compute()
-        self.rows: list[dict[str, Any]] = []
+        self.rows = []
         if "truth" in people:
             known = people["truth"][..., 2].gt(0).any(-1)
             if known.any():
