@@ -63,7 +63,8 @@ def run(mode: Mode, what: str, choice: str, settings: list[str] | None) -> Any:
     except (ConfigError, ValueError, FileNotFoundError) as error:
         if os.environ.get("SIGHTKIT_DEBUG"):
             raise
-        console.print(f"[bold red]error:[/] {error}")
+        # soft_wrap: one line however narrow the terminal, so the message stays searchable.
+        console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
