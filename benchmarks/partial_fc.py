@@ -112,7 +112,7 @@ def _centres(args: argparse.Namespace, start: int, count: int) -> Tensor:
     return (torch.randn(args.classes, args.dim, generator=g) * 0.01)[start : start + count].clone()
 
 
-def _full_fc_step(args: argparse.Namespace, world: int) -> tuple[Callable[[], Tensor], int]:
+def _full_fc_step(args: argparse.Namespace, world: int) -> tuple[Callable[[Tensor, Tensor], Tensor], int]:
     """A step of the replicated classifier, its gradient all-reduced as DDP would, and its number of centres."""
     weight = torch.nn.Parameter(_centres(args, 0, args.classes))
     optimizer = torch.optim.SGD([weight], **SGD)
@@ -131,7 +131,7 @@ def _full_fc_step(args: argparse.Namespace, world: int) -> tuple[Callable[[], Te
     return step, args.classes
 
 
-def _partial_fc_step(args: argparse.Namespace, sample_rate: float) -> tuple[Callable[[], Tensor], int]:
+def _partial_fc_step(args: argparse.Namespace, sample_rate: float) -> tuple[Callable[[Tensor, Tensor], Tensor], int]:
     head = PartialFC(args.dim, args.classes, sample_rate, SCALE, M1, M2, M3, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         head.weight.copy_(_centres(args, head.class_start, head.num_local))
