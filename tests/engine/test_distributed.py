@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from engine_toys import Regression, collate, criterion, make_model
+from gloo_launch import launch
 from torch import nn
 
 from sightkit.engine import (
@@ -66,39 +63,11 @@ def test_world_size_that_does_not_divide_the_batch_says_what_to_change() -> None
         reduce_sum([1.0])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(out: Path, world: int, accumulations: list[int]) -> None:
-    """Start ``world`` worker processes with the environment ``torchrun`` would give them."""
-    port = _free_port()
-    processes = []
-    for rank in range(world):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
-        command = [sys.executable, str(WORKER), str(out), *map(str, accumulations)]
-        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    failures = []
-    for rank, process in enumerate(processes):
-        try:
-            output, _ = process.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            raise
-        if process.returncode != 0:
-            failures.append(f"rank {rank} exited with {process.returncode}:\n{output.decode()[-3000:]}")
-    assert not failures, "\n".join(failures)
-
-
 @pytest.mark.slow
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path) -> None:
     # Two gloo processes with 4 samples each per step (and 2 x 2 with accumulation and
     # no_sync) against one process with all 8: AdamW, 4 steps, the same data order.
-    _launch(tmp_path, world=2, accumulations=[1, 2])
+    launch(WORKER, tmp_path, 1, 2, world=2)
     single = Trainer(
         make_model(dropout=0),
         criterion,

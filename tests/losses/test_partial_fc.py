@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from gloo_launch import launch
 from partial_fc_data import MARGINS, NUM_CLASSES, Recognizer, make_problem
 
 from sightkit.losses import PartialFC, combined_margin_loss, exclude_from_ddp
@@ -119,32 +116,10 @@ def test_bad_inputs_are_errors() -> None:
         PartialFC(4, 0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_gloo_processes_equal_the_full_softmax_on_one(tmp_path: Path) -> None:
-    port, world = _free_port(), 2
-    processes = []
-    for rank in range(world):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-        command = [sys.executable, str(WORKER), str(tmp_path)]
-        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    failures = []
-    for rank, process in enumerate(processes):
-        try:
-            output, _ = process.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            raise
-        if process.returncode != 0:
-            failures.append(f"rank {rank} exited with {process.returncode}:\n{output.decode()[-3000:]}")
-    assert not failures, "\n".join(failures)
+    world = 2
+    launch(WORKER, tmp_path, world=world)
     views = torch.load(tmp_path / "ranks.pt", weights_only=True)
     expected_loss, expected_grads, expected_centres = _full_reference()
     pieces = []

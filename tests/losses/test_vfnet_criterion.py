@@ -3,14 +3,11 @@ IoU-weighted GIoU losses and their normalisers (also across two gloo processes),
 focal-loss ablation, an image without objects, and clear errors. Outputs are made by hand on
 a small grid of locations."""
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from gloo_launch import launch
 
 from sightkit.losses import VFNetCriterion, generalized_box_iou_loss, sigmoid_focal_loss, varifocal_loss
 from sightkit.models.vfnet import level_anchors
@@ -150,17 +147,7 @@ def test_errors_name_the_problem() -> None:
 def test_two_gloo_processes_average_to_the_whole_batch(tmp_path: Path) -> None:
     """Each rank sees one image; with the normalisers averaged over the ranks, the mean of the
     ranks' losses (what DDP's gradient averaging optimises) is the loss of the whole batch."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    worker = Path(__file__).parent / "vfnet_ddp_worker.py"
-    processes = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
-        command = [sys.executable, str(worker), str(tmp_path)]
-        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    outputs = [p.communicate(timeout=300)[0].decode() for p in processes]
-    assert all(p.returncode == 0 for p in processes), "\n".join(o[-2000:] for o in outputs)
+    launch(Path(__file__).parent / "vfnet_ddp_worker.py", tmp_path)
     ranks = torch.load(tmp_path / "ranks.pt", weights_only=True)
     whole = VFNetCriterion(NUM_CLASSES)(outputs_for(2), TARGETS)
     for name, value in whole.items():

@@ -2,14 +2,11 @@
 structure in training and evaluation, padding, query selection, the sigmoid postprocess, the
 multi-scale backbone and the published configuration."""
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from gloo_launch import launch
 
 from sightkit.models import DINO, MultiScaleBackbone, build_backbone, create_model, dino_postprocess
 from sightkit.models.dino import box_sine_embedding, inverse_sigmoid
@@ -191,23 +188,7 @@ def test_dino_r50_is_the_dino_4scale_configuration() -> None:
 def test_ddp_with_a_rank_without_targets_trains_without_hanging(tmp_path: Path) -> None:
     """Two gloo processes, rank 1 never has a target: both finish their steps (a timeout would
     mean a hang) and hold the same parameters, so every gradient was all-reduced."""
-    worker = Path(__file__).parent / "dino_ddp_worker.py"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    processes = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
-        command = [sys.executable, str(worker), str(tmp_path)]
-        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    try:
-        outputs = [process.communicate(timeout=300)[0].decode() for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
-        assert process.returncode == 0, f"rank {rank} exited with {process.returncode}:\n{output[-3000:]}"
+    launch(Path(__file__).parent / "dino_ddp_worker.py", tmp_path)
     rank0, rank1 = torch.load(tmp_path / "params.pt")
     assert rank0.keys() == rank1.keys()
     for name in rank0:

@@ -16,7 +16,9 @@ folder ``config.out`` receives ``config.yaml`` (the resolved settings), ``metric
 Exact resume: a run stopped after step N and resumed (``resume=true``) reaches the same
 parameters, optimiser state and averaged weights as a run that never stopped, bit for bit
 on the same machine, including mid-epoch stops: the checkpoint holds the position in the
-epoch and every RNG state (Python, NumPy, torch CPU and CUDA, per rank). Random
+epoch and every RNG state (Python, NumPy, torch CPU and CUDA, per rank), and every rank's
+shard of parameters that differ between ranks (Partial FC's class centres; see
+``engine.rank_local``), which also lets a run resume on another number of processes. Random
 augmentation inside DataLoader workers (``workers > 0``) is seeded per epoch, so it is
 reproducible from run to run but not across a mid-epoch resume; use ``workers=0`` when
 that matters.
@@ -56,6 +58,7 @@ from sightkit.engine.data import ResumableSampler, ShardSampler, call_model, to_
 from sightkit.engine.distributed import all_gather_object, init_distributed, per_rank_batch, reduce_sum, unwrap_model
 from sightkit.engine.metrics import MetricsLog, ProgressBar, plot_curves
 from sightkit.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from sightkit.engine.rank_local import rank_local_state, restore_rank_local
 
 AMP_MODES = ("none", "bf16", "fp16")
 EVAL_WEIGHTS = ("auto", "model", "ema", "swa")
@@ -387,15 +390,28 @@ class Trainer:
             "checkpoints": self.checkpoints.state_dict(),
             "bad_steps": {"in_row": self.bad_in_row, "total": self.bad_total},
             "rng": all_gather_object(rng_state()),
+            "rank_local": self._gather_rank_local(),
             "world_size": self.context.world_size,
             "config": dataclasses.asdict(self.config),
         }
+
+    def _gather_rank_local(self) -> list[dict[str, Any]] | None:
+        """Every rank's shard of the state that differs between ranks (engine.rank_local);
+        None on one process, whose ``model`` entry already holds all of it."""
+        if not self.context.distributed:
+            return None
+        averaged = {"ema": self.ema.module if self.ema else None, "swa": self.swa.module if self.swa else None}
+        parts = all_gather_object(rank_local_state(self.unwrapped, self.optimizer, averaged))
+        return None if parts[0] is None else parts
 
     def _load(self, path: Path) -> None:
         # On the CPU: RNG states must stay CPU tensors; everything else is copied to its device on loading.
         state = load_checkpoint(path, map_location="cpu")
         if state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
             raise ValueError(f"{path} is not a sightkit training checkpoint (no format {CHECKPOINT_FORMAT} header)")
+        restore_rank_local(
+            state, self.unwrapped, self.optimizer, self.context.rank, self.context.world_size, source=str(path)
+        )
         load_model_state(self.unwrapped, state["model"], what=f"checkpoint {path}")
         try:
             self.optimizer.load_state_dict(state["optimizer"])

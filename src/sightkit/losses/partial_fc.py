@@ -24,6 +24,7 @@ is the exact gradient.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -34,6 +35,28 @@ from torch import Tensor, nn
 from sightkit._api import export
 from sightkit.losses.focal import check_real
 from sightkit.losses.margin import check_margins, combined_margin_logits
+
+# Rows per block of the initial centres (init_centres).
+_INIT_BLOCK = 4096
+
+
+def init_centres(
+    num_classes: int, dim: int, start: int, count: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Rows ``start`` to ``start + count - 1`` of the ``[num_classes, dim]`` initial class centres,
+    ``N(0, 0.01)`` as in insightface, the same values however the classes are sharded.
+
+    The whole matrix is drawn from ``generator`` (None: the global RNG) in blocks of 4,096
+    rows in class order; a rank draws and drops the blocks before its own, so it never holds
+    more than its shard and one block, and 1 or W processes start from the same centres.
+    """
+    centres = torch.empty(count, dim)
+    for first in range(0, start + count, _INIT_BLOCK):
+        block = torch.empty(min(_INIT_BLOCK, num_classes - first), dim).normal_(0, 0.01, generator=generator)
+        low, high = max(first, start), min(first + block.shape[0], start + count)
+        if low < high:
+            centres[low - start : high - start] = block[low - first : high - first]
+    return centres
 
 
 def _group_info(group: Any) -> tuple[int, int]:
@@ -125,8 +148,9 @@ class PartialFC(nn.Module):
         scale, m1, m2, m3: see :func:`~sightkit.losses.combined_margin_logits` (ArcFace's
             ``s = 64, m2 = 0.5`` by default).
         group: the process group (``None``: the default group, or one process without one).
-        generator: the RNG of the centres' initialisation, ``N(0, 0.01)`` as in insightface,
-            and of the sampling.
+        generator: the RNG of the centres' initialisation (:func:`init_centres`) and of the
+            sampling; None: the global RNG, which the trainer checkpoints per rank, so that a
+            resumed run samples the same centres as one that never stopped.
 
     Attributes:
         weight: ``[num_local, D]`` this rank's centres, classes ``class_start`` to
@@ -160,7 +184,9 @@ class PartialFC(nn.Module):
             raise ValueError(f"num_classes={num_classes} must be at least the world size {self.world_size}")
         self.embedding_size, self.num_classes = embedding_size, num_classes
         self.class_start, self.num_local = shard_range(num_classes, self.rank, self.world_size)
-        self.weight = nn.Parameter(torch.empty(self.num_local, embedding_size).normal_(0, 0.01, generator=generator))
+        self.weight = nn.Parameter(
+            init_centres(num_classes, embedding_size, self.class_start, self.num_local, generator)
+        )
 
     def _check(self, embeddings: Tensor, labels: Tensor) -> None:
         if not isinstance(embeddings, Tensor) or not embeddings.is_floating_point() or embeddings.dim() != 2:
@@ -225,6 +251,22 @@ class PartialFC(nn.Module):
         logits = combined_margin_logits(cosine, local, self.scale, self.m1, self.m2, self.m3)
         loss = _ShardedCrossEntropy.apply(logits, local, self.group, distributed)
         return loss.sum() if loss.numel() == 0 else loss.mean()
+
+    def reshard(self, parts: Sequence[Tensor]) -> Tensor:
+        """This rank's rows of a per-class tensor (the centres or their optimiser state) saved
+        as shards, in rank order, by any number of processes: how a checkpoint resumes on
+        another number of processes (``sightkit.engine.rank_local``).
+
+        Raises:
+            ValueError: the shards do not add up to ``num_classes`` rows.
+        """
+        whole = torch.cat(list(parts))
+        if whole.shape[0] != self.num_classes:
+            raise ValueError(
+                f"the saved shards hold {whole.shape[0]} class rows in all, but this PartialFC has "
+                f"num_classes={self.num_classes}; resume with the data (identities) of the run that wrote them"
+            )
+        return whole[self.class_start : self.class_start + self.num_local].clone()
 
     def extra_repr(self) -> str:
         return (

@@ -279,19 +279,15 @@ def train(config: FaceConfig) -> dict[str, float]:
     """
     # Join the process group first: PartialFC reads its rank and shard when it is built.
     init_distributed(config.device)
+    # The Trainer seeds every RNG (seed + rank) only after the model exists: seed the
+    # initialisation here, the same on every rank. The head then samples its centres from the
+    # global RNG, which checkpoints hold per rank, so a resumed run draws the same samples.
+    torch.manual_seed(config.seed)
     embedder = build_embedder(config.model, config.embedding, config.imgsz)
     train_set, val_set, evaluate_fn = build_datasets(config, embedder.input_size)
     num_classes = len(train_set.classes)
-    generator = torch.Generator().manual_seed(config.seed)
     head = PartialFC(
-        embedder.num_features,
-        num_classes,
-        config.sample_rate,
-        config.scale,
-        config.m1,
-        config.m2,
-        config.m3,
-        generator=generator,
+        embedder.num_features, num_classes, config.sample_rate, config.scale, config.m1, config.m2, config.m3
     )
     if val_set is None and config.best_metric == "accuracy":
         config.best_metric, config.best_mode = "val_loss", "min"
