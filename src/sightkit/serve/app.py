@@ -47,6 +47,7 @@ from sightkit.serve.errors import ServeError
 from sightkit.serve.images import decode_image
 from sightkit.serve.metrics import ServeMetrics
 from sightkit.serve.schemas import ErrorBody, Health, ModelInfo, PredictResponse
+from sightkit.tasks.common import resolve_device
 
 if TYPE_CHECKING:
     from sightkit.serve.detect import DetectPredictor
@@ -73,22 +74,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class Server:
     """What the app holds: the models, their batchers, the gallery, the metrics."""
 
     def __init__(self, config: ServeConfig) -> None:
-        from sightkit.tasks.detect import read_metadata
+        from sightkit.tasks.common import read_metadata
 
         check_config(config)
         task = read_metadata(config.weights).get("task") if config.weights else None
         if task == "face" and not config.face_weights:  # face weights given as weights=
             config, task = dataclasses.replace(config, weights="", face_weights=config.weights), None
         self.config = config
-        self.device = _device(config.device)
+        self.device = resolve_device(config.device)
         self.metrics = ServeMetrics()
         # One inference thread for every model: on a CPU two models computing at once only
         # slow each other down, and on a GPU they would share one stream anyway.

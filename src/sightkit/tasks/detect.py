@@ -48,9 +48,9 @@ from sightkit.losses.set_criterion import SetCriterion
 from sightkit.models.detr_postprocess import detr_postprocess
 from sightkit.models.registry import create_model, list_models
 from sightkit.ops.boxes import box_convert
+from sightkit.tasks.common import image_paths, read_metadata, resolve_device
 from sightkit.tasks.export import ExportSpec
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TASK = "detect"
 
 
@@ -283,24 +283,6 @@ class LoadedDetector:
     std: list[float]
 
 
-def read_metadata(weights: str | Path) -> dict[str, str]:
-    """The metadata of a ``.safetensors`` weights file (clear errors for missing or foreign files)."""
-    from safetensors import safe_open
-
-    path = Path(weights)
-    if not str(weights):
-        raise ValueError("weights= is required: a .safetensors file written by `sightkit train`")
-    if not path.is_file():
-        raise FileNotFoundError(f"weights={str(path)!r} does not exist")
-    if path.suffix != ".safetensors":
-        raise ValueError(f"weights must be a .safetensors file written by `sightkit train`, got {str(path)!r}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
-    except Exception as error:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"weights={str(path)!r} is not a readable safetensors file ({error})") from None
-
-
 def load_detector(weights: str | Path, device: torch.device | str = "cpu") -> LoadedDetector:
     """Rebuild the model that wrote ``weights`` and load them.
 
@@ -327,12 +309,6 @@ def load_detector(weights: str | Path, device: torch.device | str = "cpu") -> Lo
         mean=json.loads(meta["mean"]),
         std=json.loads(meta["std"]),
     )
-
-
-def _device(name: str) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -381,6 +357,7 @@ def train(config: DetectConfig) -> dict[str, float]:
     """
     train_set, val_set = build_datasets(config)
     num_classes = len(train_set.categories)
+    torch.manual_seed(config.seed)  # the Trainer seeds after the model exists: seed= fixes its initialisation too
     model = build_model(config.model, num_classes)
     criterion = build_criterion(model, num_classes, config)
     evaluate_fn = None
@@ -407,7 +384,7 @@ def evaluate(config: DetectEvalConfig, console: Console | None = None) -> dict[s
     """COCO box AP/AR of a weights file on a dataset split; writes ``metrics.json``,
     ``per_class_ap.json`` and ``pr_curve.png`` to ``config.out`` and prints the tables."""
     console = console or Console()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     detector = load_detector(config.weights, device)
     images, annotations = dataset_files(config.data, config.split)
     transforms = detection_transforms(
@@ -444,20 +421,6 @@ def evaluate(config: DetectEvalConfig, console: Console | None = None) -> dict[s
     return metrics
 
 
-def _image_paths(source: str) -> list[Path]:
-    path = Path(source)
-    if not source:
-        raise ValueError("source= is required: an image file or a folder of images")
-    if path.is_dir():
-        paths = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise FileNotFoundError(f"source={source!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return paths
-    if not path.is_file():
-        raise FileNotFoundError(f"source={source!r} does not exist")
-    return [path]
-
-
 @export("tasks.predict_detect")
 def predict(config: DetectPredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
     """Detect objects in an image or a folder of images; draws each picture with its boxes,
@@ -466,9 +429,9 @@ def predict(config: DetectPredictConfig, console: Console | None = None) -> list
     from sightkit.tasks.draw import draw_detections
 
     console = console or Console()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     detector = load_detector(config.weights, device)
-    paths = _image_paths(config.source)
+    paths = image_paths(config.source)
     transforms = detection_transforms(
         "eval", size=detector.imgsz, max_size=detector.max_size, mean=detector.mean, std=detector.std
     )

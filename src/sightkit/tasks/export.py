@@ -60,7 +60,7 @@ class ExportSpec:
 
 def task_of(weights: str | Path) -> str:
     """The task named in a weights file's metadata (a clear error for files without one)."""
-    from sightkit.tasks.detect import read_metadata
+    from sightkit.tasks.common import read_metadata
 
     task = read_metadata(weights).get("task")
     if task not in EXPORTABLE_TASKS:

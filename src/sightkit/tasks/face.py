@@ -40,7 +40,7 @@ from sightkit.eval.face import kfold_accuracy, plot_roc, roc_curve, tar_at_far
 from sightkit.losses.partial_fc import PartialFC, exclude_from_ddp
 from sightkit.models.face import embed_faces
 from sightkit.models.registry import create_model, list_models
-from sightkit.tasks.detect import read_metadata
+from sightkit.tasks.common import read_metadata, resolve_device
 from sightkit.tasks.export import ExportSpec
 
 TASK = "face"
@@ -186,10 +186,6 @@ def load_embedder(weights: str | Path, device: torch.device | str = "cpu") -> Lo
     )
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _inside(data: str, name: str) -> str | None:
     return str(Path(data) / name) if name else None
 
@@ -318,7 +314,7 @@ def evaluate(config: FaceEvalConfig, console: Console | None = None) -> dict[str
     """Verification metrics of a weights file on LFW-style pairs; writes ``metrics.json``,
     ``scores.json`` (per pair) and ``roc.png`` to ``config.out`` and prints the table."""
     console = console or Console()
-    loaded = load_embedder(config.weights, _device(config.device))
+    loaded = load_embedder(config.weights, resolve_device(config.device))
     pairs = read_lfw_pairs(config.pairs, config.data)
     files, indices, same, folds = pair_files(pairs)
     dataset = FaceFolder(config.data, loaded.imgsz, config.landmarks or None, files=files)

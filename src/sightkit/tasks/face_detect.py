@@ -38,7 +38,8 @@ from sightkit.eval.coco import CocoEvaluator
 from sightkit.losses.face_detection import FaceDetectionCriterion
 from sightkit.models.face_detector import FaceDetector, face_detector_postprocess
 from sightkit.models.registry import create_model, list_models
-from sightkit.tasks.detect import _image_paths, dataset_files, read_metadata
+from sightkit.tasks.common import image_paths, read_metadata, resolve_device
+from sightkit.tasks.detect import dataset_files
 from sightkit.tasks.export import ExportSpec
 
 TASK, KIND = "face", "detector"
@@ -176,6 +177,7 @@ def train(config: FaceDetectConfig) -> dict[str, float]:
         evaluate_fn = FaceBoxAP(val_annotations, val_set.category_map.category_ids, config.score_threshold)
     elif config.best_metric == "AP":
         config.best_metric, config.best_mode = "val_loss", "min"
+    torch.manual_seed(config.seed)  # the Trainer seeds after the model exists: seed= fixes its initialisation too
     model = _build_model(config.model)
     criterion = FaceDetectionCriterion(model.stride)
     metadata = {
@@ -236,15 +238,11 @@ class TrainedFaceDetector:
         return results
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @export("tasks.evaluate_face_detect")
 def evaluate(config: FaceDetectEvalConfig, console: Console | None = None) -> dict[str, float]:
     """COCO box AP of face detector weights on a split; writes ``metrics.json`` and prints the table."""
     console = console or Console()
-    detector = TrainedFaceDetector(config.weights, _device(config.device))
+    detector = TrainedFaceDetector(config.weights, resolve_device(config.device))
     images, annotations = dataset_files(config.data, config.split)
     dataset = CocoKeypoints(images, annotations, detector.transform)
     loader = DataLoader(dataset, batch_size=config.batch, num_workers=config.workers, collate_fn=FaceCollate())
@@ -272,10 +270,10 @@ def predict(config: FaceDetectPredictConfig, console: Console | None = None) -> 
     from sightkit.tasks.draw_faces import draw_faces
 
     console = console or Console()
-    detector = TrainedFaceDetector(config.weights, _device(config.device), config.conf)
+    detector = TrainedFaceDetector(config.weights, resolve_device(config.device), config.conf)
     out = Path(config.out)
     records = []
-    for path in _image_paths(config.source):
+    for path in image_paths(config.source):
         image = read_image(path).as_subclass(Tensor)
         (found,) = detector.detect(image[None])
         found = {k: v.cpu() for k, v in found.items()}

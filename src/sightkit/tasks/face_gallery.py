@@ -32,12 +32,13 @@ from torch.utils.data import DataLoader
 
 from sightkit._api import export
 from sightkit.data.coco import read_image
-from sightkit.data.faces import IMAGE_SUFFIXES, FaceFolder, collate_faces, normalise_face
+from sightkit.data.faces import FaceFolder, collate_faces, normalise_face
 from sightkit.eval.face import StreamingQuantile
 from sightkit.models.face import embed_faces
 from sightkit.models.mtcnn import load_mtcnn
 from sightkit.ops.align import align_faces
-from sightkit.tasks.face import LoadedEmbedder, _device, load_embedder
+from sightkit.tasks.common import image_paths, resolve_device
+from sightkit.tasks.face import LoadedEmbedder, load_embedder
 
 #: FAR targets calibrated at enrolment.
 GALLERY_FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
@@ -259,7 +260,7 @@ def enroll(config: EnrollConfig, console: Console | None = None) -> FaceGallery:
     console = console or Console()
     if not config.folder:
         raise ValueError("the folder to enrol is required: sightkit face enroll DIR weights=...")
-    loaded = load_embedder(config.weights, _device(config.device))
+    loaded = load_embedder(config.weights, resolve_device(config.device))
     detector = build_detector(config.detector, config.wheel)
     if detector is None:
         folder = FaceFolder(config.folder, loaded.imgsz, config.landmarks or None)
@@ -304,20 +305,6 @@ class IdentifyConfig:
     device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
 
 
-def _face_files(source: str) -> list[Path]:
-    path = Path(source)
-    if not source:
-        raise ValueError("an image (or a folder of images) is required")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"{source!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return files
-    if not path.is_file():
-        raise FileNotFoundError(f"{source!r} does not exist")
-    return [path]
-
-
 @export("tasks.identify_faces")
 def identify(config: IdentifyConfig, console: Console | None = None) -> list[dict]:
     """Identify each face against the gallery: the best candidates and the decision; with a
@@ -326,10 +313,10 @@ def identify(config: IdentifyConfig, console: Console | None = None) -> list[dic
 
     console = console or Console()
     gallery = FaceGallery.load(config.gallery)
-    loaded = load_embedder(gallery.weights, _device(config.device))
+    loaded = load_embedder(gallery.weights, resolve_device(config.device))
     threshold = config.threshold if not math.isnan(config.threshold) else gallery.threshold(config.far)
     detector = build_detector(config.detector, config.wheel)
-    found = find_faces(_face_files(config.image), loaded.imgsz, detector, config.landmarks)
+    found = find_faces(image_paths(config.image, argument="image"), loaded.imgsz, detector, config.landmarks)
     table = Table(title=f"identification against {len(set(gallery.names))} people (accept above {threshold:.3f})")
     for column in ("image", "face", "identity", "score", "next best"):
         table.add_column(column)
@@ -389,7 +376,7 @@ def verify(config: VerifyConfig, console: Console | None = None) -> dict[str, fl
     if math.isnan(config.threshold) and gallery is None:
         raise ValueError("give threshold= (a cosine) or gallery= (whose calibrated thresholds give far=)")
     weights = config.weights or (gallery.weights if gallery is not None else "")
-    loaded = load_embedder(weights, _device(config.device))
+    loaded = load_embedder(weights, resolve_device(config.device))
     threshold = config.threshold if not math.isnan(config.threshold) else gallery.threshold(config.far)
     files = [Path(config.first), Path(config.second)]
     for path in files:

@@ -57,7 +57,8 @@ from sightkit.ops.keypoints import (
     invert_affine,
     render_heatmaps,
 )
-from sightkit.tasks.detect import _device, _image_paths, dataset_files, read_metadata
+from sightkit.tasks.common import image_paths, read_metadata, resolve_device
+from sightkit.tasks.detect import dataset_files
 from sightkit.tasks.export import ExportSpec
 
 TASK = "pose"
@@ -442,7 +443,7 @@ def evaluate(config: PoseEvalConfig, console: Console | None = None) -> dict[str
     errors with ground-truth boxes); writes ``metrics.json``, ``keypoints.json`` (COCO results),
     ``per_keypoint.json`` and ``pr_curve.png`` to ``config.out`` and prints the tables."""
     console = console or Console()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     pose = load_pose(config.weights, device)
     images, annotations = dataset_files(config.data, config.split)
     dataset = TopDownKeypoints(
@@ -524,9 +525,9 @@ def predict(config: PosePredictConfig, console: Console | None = None) -> list[d
     from sightkit.tasks.draw_pose import draw_poses
 
     console = console or Console()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     pose = load_pose(config.weights, device)
-    paths = _image_paths(config.source)
+    paths = image_paths(config.source)
     given = _read_boxes(config.boxes)
     height, width = pose.input_size
     mean = torch.tensor(pose.mean).view(3, 1, 1) * 255

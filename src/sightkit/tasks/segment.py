@@ -52,6 +52,7 @@ from sightkit.losses.segmentation import SegmentationLoss
 from sightkit.models.registry import create_model, list_models
 from sightkit.models.seg import STRIDE
 from sightkit.nn.upsample import UPSAMPLE_MODES
+from sightkit.tasks.common import image_paths, read_metadata, resolve_device
 from sightkit.tasks.draw import PALETTE
 from sightkit.tasks.export import ExportSpec
 
@@ -230,8 +231,6 @@ def load_segmenter(weights: str | Path, device: torch.device | str = "cpu") -> L
     Raises:
         ValueError: the file was not written by ``sightkit train segment``.
     """
-    from sightkit.tasks.detect import read_metadata
-
     meta = read_metadata(weights)
     if meta.get("task") != TASK or "model" not in meta:
         raise ValueError(
@@ -251,12 +250,6 @@ def load_segmenter(weights: str | Path, device: torch.device | str = "cpu") -> L
         mean=json.loads(meta["mean"]),
         std=json.loads(meta["std"]),
     )
-
-
-def _device(name: str) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def labels_at(logits: Tensor, size: Sequence[int], output_size: Sequence[int]) -> Tensor:
@@ -349,6 +342,7 @@ def train(config: SegmentConfig) -> dict[str, float]:
     """
     check_model(config.model, config.upsample)  # before reading any data
     train_set, val_set = build_datasets(config)
+    torch.manual_seed(config.seed)  # the Trainer seeds after the model exists: seed= fixes its initialisation too
     model = build_model(config.model, len(train_set.classes), config.upsample)
     criterion = SegmentCriterion(SegmentationLoss(config.ignore_index, config.dice_weight))
     evaluate_fn = SegmentEvaluate(train_set.classes, config.ignore_index) if val_set is not None else None
@@ -373,7 +367,7 @@ def evaluate(config: SegmentEvalConfig, console: Console | None = None) -> dict[
     """mIoU, pixel accuracy and per-class IoU of a weights file on a dataset split; writes
     ``metrics.json``, ``per_class.json`` and ``confusion.png`` to ``config.out``."""
     console = console or Console()
-    segmenter = load_segmenter(config.weights, _device(config.device))
+    segmenter = load_segmenter(config.weights, resolve_device(config.device))
     dataset = SegmentationDataset(
         config.data, config.split, segmenter.transforms(), ignore_index=segmenter.ignore_index, keep_original=True
     )
@@ -410,20 +404,6 @@ def evaluate(config: SegmentEvalConfig, console: Console | None = None) -> dict[
     return metrics
 
 
-def _image_paths(source: str) -> list[Path]:
-    path = Path(source)
-    if not source:
-        raise ValueError("source= is required: an image file or a folder of images")
-    if path.is_dir():
-        paths = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise FileNotFoundError(f"source={source!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return paths
-    if not path.is_file():
-        raise FileNotFoundError(f"source={source!r} does not exist")
-    return [path]
-
-
 @export("tasks.predict_segment")
 def predict(config: SegmentPredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
     """Segment an image or a folder of images: for each, ``<stem>_mask.png`` (class indices,
@@ -432,10 +412,10 @@ def predict(config: SegmentPredictConfig, console: Console | None = None) -> lis
     if not 0 <= config.alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {config.alpha}")
     console = console or Console()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     segmenter = load_segmenter(config.weights, device)
     transforms = segmenter.transforms()
-    paths = _image_paths(config.source)
+    paths = image_paths(config.source, IMAGE_SUFFIXES)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
