@@ -13,9 +13,18 @@ import torch
 from torchvision import tv_tensors
 
 from sightkit.data.synthetic.shapes import synthesize_shapes
+from sightkit.engine import save_weights
 from sightkit.losses import SetCriterion, VFNetCriterion
 from sightkit.models import create_model
-from sightkit.tasks.detect import DenseCollate, DetrCollate, build_criterion, collate_for, load_detector
+from sightkit.tasks.detect import (
+    DenseCollate,
+    DetrCollate,
+    build_criterion,
+    build_model,
+    collate_for,
+    load_detector,
+    parse_model_args,
+)
 
 
 def test_dense_collate_keeps_absolute_xyxy_boxes() -> None:
@@ -50,6 +59,31 @@ def sightkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+def test_model_args_reach_the_builder_and_the_weights_file(tmp_path: Path) -> None:
+    assert parse_model_args("cls_loss:focal, refine:false,gradient_mul:0.2") == {
+        "cls_loss": "focal", "refine": False, "gradient_mul": 0.2,
+    }  # fmt: skip
+    assert parse_model_args("") == {}
+    with pytest.raises(ValueError, match=r"comma-separated key:value pairs .* got 'refine=false'"):
+        parse_model_args("refine=false")
+    with pytest.raises(ValueError, match=r"model_args \{'colour': 'red'\} do not fit model='vfnet_r18_tiny'"):
+        build_model("vfnet_r18_tiny", 2, {"colour": "red"})
+    # The ablation without refinement has other parameters: the weights file must rebuild it
+    # with the same overrides, or loading them strictly fails.
+    model = build_model("vfnet_r18_tiny", 2, parse_model_args("refine:false,cls_loss:focal"))
+    assert not model.head.refine and model.cls_loss == "focal"
+    metadata = {
+        "task": "detect", "model": "vfnet_r18_tiny", "model_args": json.dumps({"refine": False, "cls_loss": "focal"}),
+        "classes": json.dumps(["a", "b"]), "category_ids": json.dumps([1, 2]), "imgsz": "64", "max_size": "96",
+        "mean": json.dumps([0.5] * 3), "std": json.dumps([0.25] * 3),
+    }  # fmt: skip
+    save_weights(model, tmp_path / "w.safetensors", metadata)
+    loaded = load_detector(tmp_path / "w.safetensors").model
+    assert not loaded.head.refine and loaded.cls_loss == "focal"
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
 def test_cli_train_eval_predict_export_vfnet(tmp_path: Path) -> None:
     data = tmp_path / "shapes"
     synthesize_shapes(out=str(data), images=4, size=64, val_fraction=0.5, progress=False)
