@@ -1,6 +1,7 @@
 """Typed configs: YAML scalars, type checks, config files, close-match suggestions."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -15,11 +16,15 @@ class Example:
     flip: bool = True
     sizes: tuple[int, ...] = (320, 352)
     device: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def test_defaults_and_overrides() -> None:
-    cfg = build_config(Example, ["images=50", "lr=3e-4", "flip=false", "sizes=[256, 288]", "out=007"])
-    assert cfg == Example(out="007", images=50, lr=3e-4, flip=False, sizes=(256, 288))
+    tokens = ["images=50", "lr=3e-4", "flip=false", "sizes=[256, 288]", "out=007", "overrides={depth: 3, bn: false}"]
+    cfg = build_config(Example, tokens)
+    assert cfg == Example(
+        out="007", images=50, lr=3e-4, flip=False, sizes=(256, 288), overrides={"depth": 3, "bn": False}
+    )
 
 
 def test_int_accepted_as_float_and_null_as_none() -> None:
@@ -36,6 +41,7 @@ def test_int_accepted_as_float_and_null_as_none() -> None:
         ("flip=maybe", "flip must be true or false"),
         ("images", "expected key=value"),
         ("lr=abc", "lr must be a number, got 'abc'"),
+        ("overrides=depth:3", r"overrides must be a mapping such as '\{name: value, ...\}', got depth:3"),
     ],
 )
 def test_bad_input_names_the_key(token: str, message: str) -> None:
@@ -54,7 +60,7 @@ def test_yaml_file_is_overridden_by_command_line(tmp_path) -> None:
 
 
 def test_saved_config_round_trips(tmp_path) -> None:
-    cfg = build_config(Example, ["images=3", "sizes=[1, 2]"])
+    cfg = build_config(Example, ["images=3", "sizes=[1, 2]", "overrides={depth: 3, names: [a, b]}"])
     save_config(cfg, tmp_path / "c.yaml")
     assert build_config(Example, [f"config={tmp_path / 'c.yaml'}"]) == cfg
 
@@ -62,4 +68,4 @@ def test_saved_config_round_trips(tmp_path) -> None:
 def test_help_lists_every_key_with_its_text() -> None:
     text = config_help(Example)
     assert "images=10" in text and "number of images" in text
-    assert len(text.splitlines()) == 6
+    assert len(text.splitlines()) == 7 and "overrides={}" in text

@@ -82,6 +82,11 @@ def _coerce(key: str, value: Any, hint: Any, raw: str | None) -> Any:
         (item_hint, *_) = typing.get_args(hint) or (Any,)
         items = [_coerce(key, v, item_hint, None) for v in value]
         return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            shown = raw if raw is not None else repr(value)
+            raise ConfigError(f"{key} must be a mapping such as '{{name: value, ...}}', got {shown}")
+        return dict(value)
     if hint is Any:
         return value
     if hint is str:

@@ -12,18 +12,19 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
+from sightkit.config import ConfigError, build_config
 from sightkit.data.synthetic.shapes import synthesize_shapes
 from sightkit.engine import save_weights
 from sightkit.losses import SetCriterion, VFNetCriterion
 from sightkit.models import create_model
 from sightkit.tasks.detect import (
     DenseCollate,
+    DetectConfig,
     DetrCollate,
     build_criterion,
     build_model,
     collate_for,
     load_detector,
-    parse_model_args,
 )
 
 
@@ -60,17 +61,16 @@ def sightkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_model_args_reach_the_builder_and_the_weights_file(tmp_path: Path) -> None:
-    assert parse_model_args("cls_loss:focal, refine:false,gradient_mul:0.2") == {
-        "cls_loss": "focal", "refine": False, "gradient_mul": 0.2,
-    }  # fmt: skip
-    assert parse_model_args("") == {}
-    with pytest.raises(ValueError, match=r"comma-separated key:value pairs .* got 'refine=false'"):
-        parse_model_args("refine=false")
+    config = build_config(DetectConfig, ["model_args={cls_loss: focal, refine: false, gradient_mul: 0.2}"])
+    assert config.model_args == {"cls_loss": "focal", "refine": False, "gradient_mul": 0.2}
+    assert build_config(DetectConfig).model_args == {}
+    with pytest.raises(ConfigError, match=r"model_args must be a mapping such as .* got refine:false"):
+        build_config(DetectConfig, ["model_args=refine:false"])
     with pytest.raises(ValueError, match=r"model_args \{'colour': 'red'\} do not fit model='vfnet_r18_tiny'"):
         build_model("vfnet_r18_tiny", 2, {"colour": "red"})
     # The ablation without refinement has other parameters: the weights file must rebuild it
     # with the same overrides, or loading them strictly fails.
-    model = build_model("vfnet_r18_tiny", 2, parse_model_args("refine:false,cls_loss:focal"))
+    model = build_model("vfnet_r18_tiny", 2, {"refine": False, "cls_loss": "focal"})
     assert not model.head.refine and model.cls_loss == "focal"
     metadata = {
         "task": "detect", "model": "vfnet_r18_tiny", "model_args": json.dumps({"refine": False, "cls_loss": "focal"}),

@@ -66,8 +66,8 @@ class DetectConfig(TrainConfig):
     clipping at norm 0.1)."""
 
     model: str = field(default="detr_r18_tiny", metadata=_help("model name (sightkit.models.list_models())"))
-    model_args: str = field(
-        default="", metadata=_help("builder overrides, e.g. cls_loss:focal,refine:false (VFNet's ablations)")
+    model_args: dict[str, Any] = field(
+        default_factory=dict, metadata=_help("builder overrides, e.g. '{cls_loss: focal, refine: false}' (VFNet)")
     )
     data: str = field(default="runs/data/shapes", metadata=_help("dataset folder: images/, annotations/*.json"))
     train_split: str = field(default="train", metadata=_help("annotations/<train_split>.json for training"))
@@ -222,21 +222,6 @@ def build_datasets(config: DetectConfig) -> tuple[CocoDetection, CocoDetection |
 # --------------------------------------------------------------------------- model and weights
 
 
-def parse_model_args(text: str) -> dict[str, Any]:
-    """``model_args=`` as builder keyword arguments: ``"cls_loss:focal,refine:false"`` ->
-    ``{"cls_loss": "focal", "refine": False}`` (values read as YAML scalars: numbers, booleans,
-    strings; never evaluated)."""
-    import yaml
-
-    overrides: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, colon, value = item.partition(":")
-        if not colon or not key.strip().isidentifier():
-            raise ValueError(f"model_args must be comma-separated key:value pairs (e.g. refine:false), got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value.strip()) if value.strip() else ""
-    return overrides
-
-
 def build_model(name: str, num_classes: int, overrides: dict[str, Any] | None = None) -> nn.Module:
     """``create_model(name, num_classes=..., **overrides)`` with clear errors for unknown names
     and for overrides the model's builder does not take."""
@@ -282,7 +267,7 @@ def weights_metadata(config: DetectConfig, dataset: CocoDetection) -> dict[str, 
     return {
         "task": TASK,
         "model": config.model,
-        "model_args": json.dumps(parse_model_args(config.model_args)),
+        "model_args": json.dumps(config.model_args),
         "classes": json.dumps([c["name"] for c in dataset.categories]),
         "category_ids": json.dumps(list(dataset.category_map.category_ids)),
         "imgsz": str(config.imgsz),
@@ -381,7 +366,7 @@ def train(config: DetectConfig) -> dict[str, float]:
     train_set, val_set = build_datasets(config)
     num_classes = len(train_set.categories)
     torch.manual_seed(config.seed)  # the Trainer seeds after the model exists: seed= fixes its initialisation too
-    model = build_model(config.model, num_classes, parse_model_args(config.model_args))
+    model = build_model(config.model, num_classes, config.model_args)
     criterion = build_criterion(model, num_classes, config)
     evaluate_fn = None
     if val_set is not None:
