@@ -21,9 +21,10 @@ Three configurations, in turn, in the same processes:
 3. ``PartialFC 0.1``: the same scoring a tenth of each rank's centres per step (the batch's
    classes always among them).
 
-All configurations start from the same centres (one seeded ``[C, D]`` matrix, each PartialFC
-rank copying its rows), so their first losses must agree: ``agreement`` prints the full FC's
-loss (the mean of the ranks' losses, as DDP's averaging implies) against PartialFC 1.0's.
+All configurations start from the same centres (``init_centres`` from one seed gives every
+PartialFC rank its rows of the same ``[C, D]`` matrix), so their first losses must agree:
+``agreement`` prints the full FC's loss (the mean of the ranks' losses, as DDP's averaging
+implies) against PartialFC 1.0's.
 
 Columns, per rank (the largest over the ranks, which differ by at most one centre):
 
@@ -67,6 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sightkit.losses import PartialFC, combined_margin_logits
+from sightkit.losses.partial_fc import init_centres
 
 SCALE, M1, M2, M3 = 64.0, 1.0, 0.5, 0.0
 SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
@@ -106,15 +108,14 @@ def _problem(args: argparse.Namespace, rank: int, world: int) -> tuple[Tensor, T
     return embeddings[rows].clone().requires_grad_(), labels[rows].clone()
 
 
-def _centres(args: argparse.Namespace, start: int, count: int) -> Tensor:
-    """Rows ``start`` to ``start + count - 1`` of the seeded ``[C, D]`` centres, ``N(0, 0.01)``."""
-    g = torch.Generator().manual_seed(1)
-    return (torch.randn(args.classes, args.dim, generator=g) * 0.01)[start : start + count].clone()
+def _seeded() -> torch.Generator:
+    """The generator of the centres every configuration starts from (:func:`init_centres`)."""
+    return torch.Generator().manual_seed(1)
 
 
 def _full_fc_step(args: argparse.Namespace, world: int) -> tuple[Callable[[Tensor, Tensor], Tensor], int]:
     """A step of the replicated classifier, its gradient all-reduced as DDP would, and its number of centres."""
-    weight = torch.nn.Parameter(_centres(args, 0, args.classes))
+    weight = torch.nn.Parameter(init_centres(args.classes, args.dim, 0, args.classes, _seeded()))
     optimizer = torch.optim.SGD([weight], **SGD)
 
     def step(embeddings: Tensor, labels: Tensor) -> Tensor:
@@ -132,9 +133,8 @@ def _full_fc_step(args: argparse.Namespace, world: int) -> tuple[Callable[[Tenso
 
 
 def _partial_fc_step(args: argparse.Namespace, sample_rate: float) -> tuple[Callable[[Tensor, Tensor], Tensor], int]:
-    head = PartialFC(args.dim, args.classes, sample_rate, SCALE, M1, M2, M3, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        head.weight.copy_(_centres(args, head.class_start, head.num_local))
+    # The same initial centres as the full FC's: init_centres does not depend on the sharding.
+    head = PartialFC(args.dim, args.classes, sample_rate, SCALE, M1, M2, M3, generator=_seeded())
     optimizer = torch.optim.SGD(head.parameters(), **SGD)
 
     def step(embeddings: Tensor, labels: Tensor) -> Tensor:
