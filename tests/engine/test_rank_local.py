@@ -19,6 +19,10 @@ WORKER = Path(__file__).with_name("sharded_worker.py")
 
 def test_initial_centres_do_not_depend_on_the_sharding() -> None:
     whole = init_centres(9000, 3, 0, 9000, torch.Generator().manual_seed(4))
+    # The documented rule, written out: blocks of 4,096 rows drawn in class order.
+    generator = torch.Generator().manual_seed(4)
+    blocks = [torch.empty(rows, 3).normal_(0, 0.01, generator=generator) for rows in (4096, 4096, 808)]
+    assert torch.equal(whole, torch.cat(blocks))
     # Shards that start and end inside, and across, the 4,096-row blocks.
     for start, count in ((0, 4500), (4500, 4500), (4095, 2), (8192, 808), (3000, 3000)):
         shard = init_centres(9000, 3, start, count, torch.Generator().manual_seed(4))

@@ -107,10 +107,10 @@ def restore_rank_local(
             ``reshard`` method.
     """
     names = rank_local_names(model)
-    indices = _optimizer_indices(model, optimizer)
     parts = state.get("rank_local")
     if not names or (parts is None and state.get("world_size", 1) != 1):
         return  # nothing rank-local, or a checkpoint written before rank-local state was saved
+    indices = _optimizer_indices(model, optimizer)
     if parts is None:
         parts = _parts_from_checkpoint(state, names, indices)
     for name in names:
