@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint api-golden bench clean
+.PHONY: install demo test test-fast lint api-golden bench docs clean
 
 install: $(STAMP)
 
@@ -21,7 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(MAKE) docs
 	$(PY) -m pytest -n 2 --dist loadfile -q
+
+# The docs site (mkdocs + material + mkdocstrings), built offline with warnings as errors; open runs/site/index.html.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
