@@ -71,8 +71,8 @@ def test_batchnorm_backbone_trains_its_normalisation() -> None:
 
 
 def test_bad_backbone_settings_are_errors() -> None:
-    with pytest.raises(ValueError, match=r"backbone name must be one of .* got 'resnet101'"):
-        build_backbone("resnet101")
+    with pytest.raises(ValueError, match=r"backbone name must be one of .* got 'resnet152'"):
+        build_backbone("resnet152")
     with pytest.raises(ValueError, match="last_stage must be 1, 2, 3 or 4, got 5"):
         build_backbone("resnet18", last_stage=5)
     with pytest.raises(ValueError, match=r"trainable_stages must be in \[0, 3\] .* got 4"):

@@ -1,9 +1,9 @@
 """Convolutional backbones that turn images into one feature map for a detector head.
 
-torchvision's ResNet-18/34/50, cut after any of its four stages, or, with the optional
+torchvision's ResNet-18/34/50/101, cut after any of its four stages, or, with the optional
 ``timm`` extra, any timm model that supports ``features_only``. Weights start random
-(``weights=None``): this project cannot download pretrained ones; load your own with
-``load_state_dict``.
+(``weights=None``); :func:`sightkit.weights.load_backbone_weights` loads ImageNet weights
+(``"torchvision:resnet50"``, a torchvision or timm state-dict file) into any of them.
 
 Normalisation (``norm``):
 
@@ -29,7 +29,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from sightkit._api import export
 
-RESNETS = ("resnet18", "resnet34", "resnet50")
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("frozen_bn", "bn")
 _STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 TIMM_PREFIX = "timm/"
@@ -76,7 +76,7 @@ class ResNetBackbone(nn.Module):
         # the earlier ones stay fixed (DETR trains layer2-layer4 of a pretrained ResNet-50).
         for stage_name in _STAGES[: last_stage + 1 - trainable_stages]:
             stages[stage_name].requires_grad_(False)
-        expansion = type(stages[f"layer{last_stage}"][-1]).expansion  # 1 for ResNet-18/34, 4 for ResNet-50
+        expansion = type(stages[f"layer{last_stage}"][-1]).expansion  # 1 for ResNet-18/34, 4 for ResNet-50/101
         self.num_channels: int = 64 * 2 ** (last_stage - 1) * expansion
         self.stride: int = 2 ** (last_stage + 1)
 
@@ -119,7 +119,7 @@ class TimmBackbone(nn.Module):
 def build_backbone(
     name: str = "resnet50", last_stage: int = 4, trainable_stages: int = 3, norm: str = "frozen_bn"
 ) -> nn.Module:
-    """Build a backbone by name: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` (torchvision)
+    """Build a backbone by name: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"`` (torchvision)
     or ``"timm/<model name>"`` (needs timm; ``last_stage`` does not apply, and the whole
     model trains unless ``trainable_stages`` is 0).
 
@@ -163,7 +163,7 @@ class MultiScaleBackbone(nn.Module):
         super().__init__()
         if not isinstance(backbone, ResNetBackbone):
             raise TypeError(
-                f"backbone must be a ResNetBackbone from build_backbone('resnet18' | 'resnet34' | 'resnet50'), "
+                f"backbone must be a ResNetBackbone from build_backbone('resnet18' | ... | 'resnet101'), "
                 f"got {type(backbone).__name__}"
             )
         available = len(backbone.body) - 1

@@ -152,14 +152,24 @@ class MobileFaceNet(nn.Module):
         scale: channel multiplier (1: the paper's 64/128 channels; 2: insightface's "mbf").
         num_features: embedding size (the paper: 128; insightface: 512).
         input_size: side ``S`` of the aligned crops, a multiple of 16.
+        groups: groups of the 3x3 convolution after the stem when ``blocks[0] == 1``. 64, as
+            insightface builds it at every scale: depthwise at scale 1 (the paper), 2 input
+            channels per group at its scale 2 ("mbf"), so that its checkpoints load.
     """
 
     def __init__(
-        self, blocks: Sequence[int] = (1, 4, 6, 2), scale: int = 2, num_features: int = 512, input_size: int = 112
+        self,
+        blocks: Sequence[int] = (1, 4, 6, 2),
+        scale: int = 2,
+        num_features: int = 512,
+        input_size: int = 112,
+        groups: int = 64,
     ) -> None:
         super().__init__()
         if len(blocks) != 4 or min(blocks) < 1 or scale < 1:
             raise ValueError(f"blocks must be 4 positive integers and scale >= 1, got {tuple(blocks)}, {scale}")
+        if groups < 1 or (64 * scale) % groups:
+            raise ValueError(f"groups must divide the stem's {64 * scale} channels, got {groups}")
         side = _check_input_size(input_size, 16)
         self.input_size, self.num_features = input_size, num_features
         c64, c128 = 64 * scale, 128 * scale
@@ -168,7 +178,7 @@ class MobileFaceNet(nn.Module):
             return [DepthWise(channels, channels, hidden, 1, residual=True) for _ in range(count)]
 
         first = (
-            [_conv_bn(c64, c64, 3, groups=c64)] if blocks[0] == 1 else residual(c64, blocks[0], 128)
+            [_conv_bn(c64, c64, 3, groups=groups)] if blocks[0] == 1 else residual(c64, blocks[0], 128)
         )  # the paper's 3x3 depthwise convolution; insightface's deeper variants use residual bottlenecks
         self.layers = nn.Sequential(
             _conv_bn(3, c64, 3, stride=2),
