@@ -8,6 +8,7 @@ from sightkit.data import (  # noqa: F401  (for their @export declarations)
     collate,
     faces,
     segmentation,
+    sources,
     synthetic,
     topdown,
     transforms,
