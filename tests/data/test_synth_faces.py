@@ -19,6 +19,7 @@ from sightkit.data.synthetic.faces import (
     FacePose,
     landmarks,
     lfw_pairs,
+    render_face_crop,
     render_face_scene,
 )
 from sightkit.data.synthetic.shapes import image_size
@@ -154,3 +155,50 @@ def test_pairs_need_enough_identities() -> None:
         lfw_pairs(["a", "b", "c"], 3, folds=2, pairs_per_fold=1, rng=rng)
     with pytest.raises(ValueError, match="pairs_per_fold=50 is more than fold 0 can give"):
         lfw_pairs(["a", "b", "c", "d"], 3, folds=2, pairs_per_fold=50, rng=rng)
+
+
+def test_pitch_tilts_the_nose_down() -> None:
+    identity = FaceIdentity.sample(np.random.default_rng(1))
+    frontal = landmarks(identity, FacePose(0.0, 0.0, 1.0, 0.0, 0.0))
+    pitch = 0.3
+    tilted = landmarks(identity, FacePose(0.0, 0.0, 1.0, 0.0, 0.0, pitch))
+    # y' = y cos(pitch) + z sin(pitch): the nose tip, deepest, moves down most; x is unchanged.
+    z_nose = DEPTH * math.sqrt(1 - (identity.nose_y / identity.aspect) ** 2) + NOSE_DEPTH
+    assert tilted[2, 1] == pytest.approx(identity.nose_y * math.cos(pitch) + z_nose * math.sin(pitch))
+    np.testing.assert_allclose(tilted[:, 0], frontal[:, 0])
+
+
+def test_poses_and_occluders_are_recorded(tmp_path: Path) -> None:
+    synthesize_faces(CONFIG, out=str(tmp_path), max_yaw=1.0, max_pitch=0.2, occluders=1.0)
+    poses = json.loads((tmp_path / "recognition" / "poses.json").read_text())
+    marks = json.loads((tmp_path / "recognition" / "landmarks.json").read_text())
+    assert poses.keys() == marks.keys()
+    assert {p["occluder"] for p in poses.values()} == {"sunglasses", "mask"}
+    assert max(abs(p["yaw"]) for p in poses.values()) <= 1.0 and any(p["pitch"] != 0 for p in poses.values())
+    # The recorded pose redraws the recorded landmarks of that identity.
+    key = "train/person_00001/person_00001_0002.png"
+    identity = FaceIdentity.sample(np.random.default_rng([SEED, 1, 1]))
+    rng = np.random.default_rng([SEED, 2, 1, 2])
+    _, points, pose, occluder = render_face_crop(identity, rng, CONFIG.crop, 1.0, 0.2, 1.0)
+    assert (pose.yaw, pose.pitch, pose.roll, occluder) == tuple(
+        poses[key][k] for k in ("yaw", "pitch", "roll", "occluder")
+    )
+    np.testing.assert_allclose(points, marks[key], atol=1e-4)
+
+
+def test_occluders_cover_their_landmarks() -> None:
+    identity = FaceIdentity.sample(np.random.default_rng(3))
+    renders = {
+        kind: render_face_crop(identity, np.random.default_rng(4), 96, occluder=kind)
+        for kind in ("", "sunglasses", "mask")
+    }
+    bare, points = renders[""][0].astype(float), renders[""][1]
+    # Sunglasses cover the eyes; the mask covers the nose and the mouth (a 5 x 5 window around each point).
+    for kind, covered in (("sunglasses", [0, 1]), ("mask", [2, 3, 4])):
+        image = renders[kind][0].astype(float)
+        for k in range(5):
+            x, y = (int(v) for v in points[k])
+            changed = np.abs(image[y - 2 : y + 3, x - 2 : x + 3] - bare[y - 2 : y + 3, x - 2 : x + 3]).mean() > 20
+            assert changed == (k in covered), (kind, k)
+    with pytest.raises(ValueError, match=r"max_yaw in \[0, 1.2\]"):
+        synthesize_faces(CONFIG, out="unused", max_yaw=2.0)

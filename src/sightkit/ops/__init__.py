@@ -5,6 +5,7 @@ from sightkit.ops import (
     align,  # noqa: F401
     atss,  # noqa: F401
     boxes,  # noqa: F401  (imported for its @export declarations)
+    head_pose,  # noqa: F401
     keypoints,  # noqa: F401
     matching,  # noqa: F401
     nms,  # noqa: F401

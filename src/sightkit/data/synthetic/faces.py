@@ -2,11 +2,12 @@
 
 An identity is a fixed set of shapes and colours: face proportions, skin, hair colour and
 hairline, eye spacing, size and colour, eyebrows, nose length and width, mouth width, lip
-thickness and smile. A render of an identity varies the pose (roll; yaw, drawn by placing
-every point on an ellipsoid and turning it), the scale and position, the lighting (gain,
-direction, tint) and the background. The 5 landmarks are the eye centres, the nose tip and
-the mouth corners, in ArcFace's order (image-left eye first, see
-:data:`sightkit.data.FACE_LANDMARK_NAMES`).
+thickness and smile. A render of an identity varies the pose (roll; yaw and pitch, drawn by
+placing every point on an ellipsoid and turning it, then projecting orthographically), the
+scale and position, the lighting (gain, direction, tint) and the background; a recognition
+crop may also wear an occluder (sunglasses or a face mask, drawn on the same ellipsoid).
+The 5 landmarks are the eye centres, the nose tip and the mouth corners, in ArcFace's order
+(image-left eye first, see :data:`sightkit.data.FACE_LANDMARK_NAMES`).
 
 Written layout (``OUT/``)::
 
@@ -21,6 +22,9 @@ Written layout (``OUT/``)::
                                             and n "NAME1 i NAME2 j" (different people) lines,
                                             identities split between folds as in LFW
     recognition/landmarks.json              {"train/NAME/NAME_0001.png": [[x, y] x 5], ...}
+    recognition/poses.json                  {"train/NAME/NAME_0001.png": {"yaw": .., "pitch": .., "roll": ..,
+                                            "occluder": "" | "sunglasses" | "mask"}, ...}, radians, in the
+                                            convention of :class:`FacePose`
 
 Scene ``i`` depends only on ``(seed, i)``, identity ``k`` only on ``(seed, k)``.
 """
@@ -67,6 +71,11 @@ class FacesConfig:
     test_identities: int = field(default=20, metadata={"help": "other identities in recognition/test (pairs.txt)"})
     per_identity: int = field(default=10, metadata={"help": "crops per identity"})
     crop: int = field(default=112, metadata={"help": "side of the recognition crops in pixels"})
+    max_yaw: float = field(default=0.45, metadata={"help": "recognition crops: yaw drawn in [-max_yaw, max_yaw], rad"})
+    max_pitch: float = field(default=0.0, metadata={"help": "recognition crops: pitch in [-max_pitch, max_pitch], rad"})
+    occluders: float = field(
+        default=0.0, metadata={"help": "recognition crops: probability of sunglasses or a mask (half each)"}
+    )
     folds: int = field(default=10, metadata={"help": "folds in pairs.txt"})
     pairs_per_fold: int = field(default=20, metadata={"help": "same-person pairs and different-person pairs per fold"})
     val_fraction: float = field(default=0.2, metadata={"help": "fraction of scenes in annotations/val.json"})
@@ -129,24 +138,47 @@ class FaceIdentity:
 
 @dataclass(frozen=True)
 class FacePose:
-    """Where and how a face is drawn: centre (pixels), half-width (pixels), roll and yaw (radians)."""
+    """Where and how a face is drawn: centre (pixels), half-width (pixels), roll, yaw and pitch
+    (radians).
+
+    Face units have x to the image's right, y down and z out of the face towards the camera
+    (the nose tip has the largest z). A point ``X`` is drawn at ``half_width * (R X)[:2]`` from
+    the centre with ``R = Rz(roll) Ry(yaw) Rx(pitch)``: positive yaw turns the nose towards the
+    image's right, positive pitch tilts it down (chin towards the chest), positive roll turns the
+    face clockwise in the image (y is down). :func:`sightkit.ops.head_pose` uses the same angles.
+    """
 
     cx: float
     cy: float
     half_width: float
     roll: float
     yaw: float
+    pitch: float = 0.0
 
 
 def _project(identity: FaceIdentity, pose: FacePose, points: np.ndarray, lift: float = 0.0) -> np.ndarray:
     """Face-unit points ``[M, 2]`` on the face ellipsoid (raised by ``lift``) -> image pixels."""
     x, y = points[:, 0], points[:, 1]
     z = DEPTH * np.sqrt(np.clip(1.0 - x**2 - (y / identity.aspect) ** 2, 0.0, None)) + lift
+    cp, sp = math.cos(pose.pitch), math.sin(pose.pitch)
+    y, z = cp * y + sp * z, cp * z - sp * y
     turned = x * math.cos(pose.yaw) + z * math.sin(pose.yaw)
     c, s = math.cos(pose.roll), math.sin(pose.roll)
     return np.stack(
         [pose.cx + pose.half_width * (c * turned - s * y), pose.cy + pose.half_width * (s * turned + c * y)], axis=1
     )
+
+
+def landmarks_3d(identity: FaceIdentity) -> np.ndarray:
+    """The 5 landmarks ``[5, 3]`` in face units on the ellipsoid (x right, y down, z towards the
+    camera), ArcFace order: what :func:`landmarks` turns and projects."""
+    i = identity
+    points = np.array(
+        [[-i.eye_dx, i.eye_y], [i.eye_dx, i.eye_y], [0.0, i.nose_y], [-i.mouth_w, i.mouth_y], [i.mouth_w, i.mouth_y]]
+    )
+    z = DEPTH * np.sqrt(np.clip(1.0 - points[:, 0] ** 2 - (points[:, 1] / i.aspect) ** 2, 0.0, None))
+    z[2] += NOSE_DEPTH
+    return np.concatenate([points, z[:, None]], axis=1)
 
 
 def landmarks(identity: FaceIdentity, pose: FacePose) -> np.ndarray:
@@ -214,6 +246,39 @@ def face_parts(
     return parts, head
 
 
+#: The occluders a recognition crop may wear.
+OCCLUDERS = ("sunglasses", "mask")
+
+
+def occluder_parts(
+    identity: FaceIdentity, pose: FacePose, kind: str, height: int, width: int
+) -> list[tuple[Coverage, np.ndarray]]:
+    """The painted parts of an occluder worn by the face: ``sunglasses`` (two dark lenses over the
+    eyes and a bridge) or ``mask`` (a light-blue cloth from the nose bridge to the chin)."""
+    i = identity
+
+    def shape(points: np.ndarray, lift: float) -> Coverage:
+        return coverage([_project(i, pose, points, lift)], height, width)
+
+    if kind == "sunglasses":
+        lens_rx, lens_ry = 1.5 * i.eye_rx, 2.6 * i.eye_ry
+        lenses = [shape(polygon_ellipse(sign * i.eye_dx, i.eye_y, lens_rx, lens_ry, n=32), 0.03) for sign in (-1, 1)]
+        inner = i.eye_dx - lens_rx
+        bridge = np.array([[-inner, i.eye_y - 0.03], [inner, i.eye_y - 0.03], [inner, i.eye_y], [-inner, i.eye_y]])
+        dark = np.array([25.0, 25.0, 30.0])
+        return [*((lens, dark) for lens in lenses), (shape(bridge, 0.03), dark)]
+    if kind == "mask":
+        # The part of the face ellipse below a line just under the eyes, lifted over the nose.
+        top = i.eye_y + i.eye_ry + 0.12
+        x_edge = math.sqrt(max(0.0, 1.0 - (top / i.aspect) ** 2))
+        start = math.asin(min(1.0, max(-1.0, top / i.aspect)))
+        t = np.linspace(start, math.pi - start, 48)  # through pi / 2: the chin (y is down)
+        arc = np.stack([np.cos(t), i.aspect * np.sin(t)], axis=1)
+        edge = np.stack([np.linspace(-x_edge, x_edge, 16), np.full(16, top)], axis=1)
+        return [(shape(np.concatenate([arc, edge]), 0.05), np.array([150.0, 190.0, 215.0]))]
+    raise ValueError(f"occluder must be one of {OCCLUDERS}, got {kind!r}")
+
+
 def _light(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Scene lighting: overall gain, a linear gradient in a random direction and a colour tint."""
     height, width = image.shape[:2]
@@ -224,8 +289,23 @@ def _light(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image * field_[..., None] * rng.uniform(0.9, 1.1, size=3).astype(np.float32), 0, 255)
 
 
-def render_face_crop(identity: FaceIdentity, rng: np.random.Generator, crop: int) -> tuple[np.ndarray, np.ndarray]:
-    """One recognition crop ``[crop, crop, 3]`` uint8 of ``identity`` and its landmarks ``[5, 2]``."""
+def render_face_crop(
+    identity: FaceIdentity,
+    rng: np.random.Generator,
+    crop: int,
+    max_yaw: float = 0.45,
+    max_pitch: float = 0.0,
+    occluders: float = 0.0,
+    occluder: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, FacePose, str]:
+    """One recognition crop ``[crop, crop, 3]`` uint8 of ``identity``, its landmarks ``[5, 2]``,
+    its pose and its occluder (``""`` for none).
+
+    ``occluders`` is the probability of an occluder (sunglasses or mask, half each);
+    ``occluder`` forces one (``""``: none), which draws the same face, pose and light as
+    without it. Pitch and the occluder are drawn from ``rng`` only when ``max_pitch > 0`` and
+    ``occluders > 0``, so that the default settings render the crops of earlier versions.
+    """
     image = textured_background(rng, crop, crop)
     half_width = rng.uniform(0.26, 0.34) * crop
     pose = FacePose(
@@ -233,12 +313,20 @@ def render_face_crop(identity: FaceIdentity, rng: np.random.Generator, crop: int
         cy=crop / 2 + rng.uniform(-0.03, 0.07) * crop,
         half_width=half_width,
         roll=rng.uniform(-0.3, 0.3),
-        yaw=rng.uniform(-0.45, 0.45),
+        yaw=rng.uniform(-max_yaw, max_yaw),
     )
+    if max_pitch > 0:
+        pose = dataclasses.replace(pose, pitch=rng.uniform(-max_pitch, max_pitch))
+    drawn = ""
+    if occluders > 0 and rng.uniform() < occluders:
+        drawn = OCCLUDERS[int(rng.integers(len(OCCLUDERS)))]
+    drawn = drawn if occluder is None else occluder
     parts, _ = face_parts(identity, pose, crop, crop)
+    if drawn:
+        parts += occluder_parts(identity, pose, drawn, crop, crop)
     for part, color in parts:
         paint(image, part, color)
-    return np.rint(_light(image, rng)).astype(np.uint8), landmarks(identity, pose)
+    return np.rint(_light(image, rng)).astype(np.uint8), landmarks(identity, pose), pose, drawn
 
 
 def render_face_scene(
@@ -327,6 +415,12 @@ def synthesize_faces(config: FacesConfig | None = None, **overrides: Any) -> dic
             f"need identities >= 1, max_faces >= 1, size >= 64 and crop >= 32, got {config.identities}, "
             f"{config.max_faces}, {config.size} and {config.crop}"
         )
+    # Beyond about 1.2 rad of yaw the far eye would be drawn though the head hides it.
+    if not (0 <= config.max_yaw <= 1.2 and 0 <= config.max_pitch <= 0.6 and 0 <= config.occluders <= 1):
+        raise ValueError(
+            f"need max_yaw in [0, 1.2], max_pitch in [0, 0.6] (radians) and occluders in [0, 1], got "
+            f"max_yaw={config.max_yaw}, max_pitch={config.max_pitch}, occluders={config.occluders}"
+        )
     total = config.identities + config.test_identities
     names = [_name(k) for k in range(total)]
     pairs = lfw_pairs(
@@ -343,6 +437,7 @@ def synthesize_faces(config: FacesConfig | None = None, **overrides: Any) -> dic
     writer = CocoWriter(config.out, categories, config.images, config.val_fraction, "sightkit synthetic faces")
     recognition = Path(config.out) / "recognition"
     marks: dict[str, list[list[float]]] = {}
+    poses: dict[str, dict[str, float | str]] = {}
     with progress_bar("faces", config.images + total * config.per_identity, config.progress) as advance:
         for index in range(config.images):
             rng = np.random.default_rng([config.seed, 0, index])
@@ -368,15 +463,24 @@ def synthesize_faces(config: FacesConfig | None = None, **overrides: Any) -> dic
             folder = recognition / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for n in range(1, config.per_identity + 1):
-                crop, points = render_face_crop(identity, np.random.default_rng([config.seed, 2, k, n]), config.crop)
+                crop, points, pose, occluder = render_face_crop(
+                    identity,
+                    np.random.default_rng([config.seed, 2, k, n]),
+                    config.crop,
+                    config.max_yaw,
+                    config.max_pitch,
+                    config.occluders,
+                )
                 relative = f"{split}/{name}/{name}_{n:04d}.{config.format}"
                 save_image(crop, recognition / relative)
                 marks[relative] = [[float(x), float(y)] for x, y in points.astype(np.float32)]
+                poses[relative] = {"yaw": pose.yaw, "pitch": pose.pitch, "roll": pose.roll, "occluder": occluder}
                 advance()
     lines = [f"{config.folds}\t{config.pairs_per_fold}"]
     lines += ["\t".join(str(v) for v in pair) for fold in pairs for pair in fold]
     (recognition / "pairs.txt").write_text("\n".join(lines) + "\n")
     (recognition / "landmarks.json").write_text(json.dumps(marks))
+    (recognition / "poses.json").write_text(json.dumps(poses))
     return {
         **writer.close(),
         "images": writer.image_dir,
