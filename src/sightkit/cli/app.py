@@ -10,6 +10,7 @@ from sightkit.cli import serve, tasks
 from sightkit.cli.data import data_app
 from sightkit.cli.demo import DemoConfig, run_demo
 from sightkit.cli.face import face_app
+from sightkit.cli.weights import weights_app
 from sightkit.config import config_help
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 
 app.add_typer(data_app, name="data")
 app.add_typer(face_app, name="face")
+app.add_typer(weights_app, name="weights")
 tasks.register(app)
 serve.register(app)
 

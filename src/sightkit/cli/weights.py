@@ -1,0 +1,72 @@
+"""``sightkit weights``: import the ecosystem's checkpoints, list the known ones.
+
+``sightkit weights import SOURCE out=FILE.safetensors [model=NAME] [imgsz=N] [max_size=N]``
+converts a checkpoint (a file, ``hf:ORG/NAME``, a URL; see :mod:`sightkit.weights`) into a
+sightkit weights file that ``predict``, ``eval``, ``export`` and ``serve`` read.
+``sightkit weights list`` prints every known public source with its family and licence.
+
+Exit status: 0 on success, 2 when the source cannot be read or converted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sightkit.config import ConfigError, build_config, config_help
+
+
+@dataclass
+class ImportConfig:
+    out: str = field(default="", metadata={"help": "the .safetensors weights file to write (required)"})
+    model: str = field(default="", metadata={"help": "the sightkit model expected ('' : the one the layout names)"})
+    imgsz: int = field(default=0, metadata={"help": "detect: shorter image side at prediction (0: the family's, 800)"})
+    max_size: int = field(default=0, metadata={"help": "detect: longest image side (0: the family's, 1333)"})
+
+
+weights_app = typer.Typer(
+    name="weights",
+    help="Pretrained weights: sightkit weights import SOURCE out=FILE.safetensors, sightkit weights list.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+@weights_app.command(name="import", epilog=f"\b\nkeys:\n{config_help(ImportConfig)}")
+def import_command(
+    source: Annotated[str, typer.Argument(help="a checkpoint file or folder, hf:ORG/NAME[@REV][/FILE], or a URL")],
+    settings: Annotated[list[str] | None, typer.Argument(help="key=value settings (listed below)")] = None,
+) -> None:
+    """Convert a public checkpoint into a sightkit weights file with full metadata."""
+    from sightkit.weights import import_weights
+
+    console = Console(soft_wrap=True)
+    try:
+        config = build_config(ImportConfig, settings or [])
+        if not config.out:
+            raise ConfigError("out= is required: the .safetensors weights file to write")
+        overrides = {k: str(v) for k, v in (("imgsz", config.imgsz), ("max_size", config.max_size)) if v}
+        summary = import_weights(source, config.out, model=config.model, **overrides)
+    except (ConfigError, FileNotFoundError, ValueError, ImportError) as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    args = f" {summary['model_args']}" if summary["model_args"] else ""
+    console.print(
+        f"{source} ({summary['family']}) -> {summary['model']}{args}: {summary['tensors']} tensors "
+        f"in {summary['seconds']:.1f} s, wrote [bold]{summary['out']}[/]"
+    )
+
+
+@weights_app.command(name="list")
+def list_command() -> None:
+    """Print every known public checkpoint with its family, model and licence."""
+    from sightkit.weights import list_sources
+
+    table = Table("source", "family", "model", "what", "licence")
+    for known in list_sources():
+        table.add_row(known.source, known.family, known.model, known.what, known.licence)
+    Console(soft_wrap=True).print(table)

@@ -1,0 +1,219 @@
+"""DETR converters: transformers' hub layout (save_pretrained) and facebookresearch/detr's
+checkpoints, against transformers' DetrForObjectDetection with every tensor random."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from sightkit.weights import LayoutMismatchError, WeightsUnavailableError, import_weights, resolve_source
+from sightkit.weights.coco import COCO_91_NAMES
+from sightkit.weights.resolve import build, convert
+from sightkit.weights.sources import fetch
+from tests.weights.peers import padded_batch, randomise
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("timm")  # the hub layout's backbone is a timm ResNet
+
+TINY = {
+    "backbone": "resnet18",
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+    "num_queries": 7,
+}
+
+
+def transformers_detr(seed: int = 0, **settings: object) -> torch.nn.Module:
+    """DetrForObjectDetection in the hub layout (a timm ResNet backbone), built from a config, random."""
+    transformers.utils.logging.set_verbosity_error()
+    config = transformers.DetrConfig(
+        use_timm_backbone=True, use_pretrained_backbone=False, num_labels=91, auxiliary_loss=False, **settings
+    )
+    return randomise(transformers.DetrForObjectDetection(config), seed).eval()
+
+
+@pytest.fixture(scope="module")
+def peer(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    folder = tmp_path_factory.mktemp("detr") / "detr-tiny"
+    model = transformers_detr(**TINY)
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def compare(ours: torch.nn.Module, theirs: torch.nn.Module) -> float:
+    images, mask = padded_batch()
+    with torch.no_grad():
+        a = ours(images, mask)
+        b = theirs(pixel_values=images, pixel_mask=(~mask).long())
+    torch.testing.assert_close(a["pred_logits"], b.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a["pred_boxes"], b.pred_boxes, atol=1e-5, rtol=1e-5)
+    return max((a["pred_logits"] - b.logits).abs().max().item(), (a["pred_boxes"] - b.pred_boxes).abs().max().item())
+
+
+def test_transformers_layout_gives_the_same_outputs(peer: tuple[torch.nn.Module, Path]) -> None:
+    model, folder = peer
+    converted = convert(fetch(str(folder)))
+    assert converted.family == "detr/transformers" and converted.model == "detr_r50"
+    # Every setting that differs from detr_r50 is read from the shapes (heads from config.json).
+    assert converted.model_args == {
+        "backbone": "resnet18",
+        "d_model": 32,
+        "nhead": 2,
+        "num_encoder_layers": 2,
+        "num_decoder_layers": 2,
+        "dim_feedforward": 64,
+        "num_queries": 7,
+    }
+    compare(build(converted), model)
+
+
+def test_facebookresearch_layout_gives_the_same_outputs(peer: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
+    """The hub state dict renamed into facebookresearch/detr's names (their model's module
+    names, written out here) and saved as their checkpoints are: {"model": ..., "args": ...}."""
+    from safetensors.torch import load_file
+
+    model, folder = peer
+    theirs = {}
+    for key, value in load_file(folder / "model.safetensors").items():
+        key = key.replace("model.backbone.conv_encoder.model.", "backbone.0.body.")
+        key = key.replace("model.input_projection.", "input_proj.").replace(
+            "model.query_position_embeddings.", "query_embed."
+        )
+        key = key.replace("class_labels_classifier.", "class_embed.").replace("bbox_predictor.", "bbox_embed.")
+        key = key.replace("model.decoder.layernorm.", "transformer.decoder.norm.")
+        key = re.sub(r"^model\.(encoder|decoder)\.layers\.", r"transformer.\1.layers.", key)
+        key = (
+            key.replace(".encoder_attn.", ".multihead_attn.")
+            .replace(".fc1.", ".linear1.")
+            .replace(".fc2.", ".linear2.")
+        )
+        key = key.replace(".self_attn_layer_norm.", ".norm1.").replace(".encoder_attn_layer_norm.", ".norm2.")
+        decoder = ".decoder." in key
+        key = key.replace(".final_layer_norm.", ".norm3." if decoder else ".norm2.")
+        theirs[key] = value
+    for stack in ("encoder", "decoder"):
+        for layer in range(2):
+            for attention in ("self_attn", "multihead_attn") if stack == "decoder" else ("self_attn",):
+                prefix = f"transformer.{stack}.layers.{layer}.{attention}."
+                for kind in ("weight", "bias"):
+                    parts = [theirs.pop(f"{prefix}{p}_proj.{kind}") for p in "qkv"]
+                    theirs[f"{prefix}in_proj_{kind}"] = torch.cat(parts)
+    path = tmp_path / "detr-tiny.pth"
+    torch.save({"model": theirs, "args": argparse.Namespace(nheads=2)}, path)
+    (tmp_path / "config.json").write_text(json.dumps({"encoder_attention_heads": 2}))
+    converted = convert(fetch(str(path)))
+    assert converted.family == "detr/facebookresearch"
+    compare(build(converted), model)
+
+
+def test_metadata_names_coco_classes_and_detr_sizes(peer: tuple[torch.nn.Module, Path]) -> None:
+    _, folder = peer
+    state, meta = resolve_source(str(folder / "model.safetensors"))
+    assert meta["task"] == "detect" and meta["model"] == "detr_r50"
+    # transformers' default config names labels LABEL_i; those names are kept over COCO's.
+    assert json.loads(meta["classes"]) == [f"LABEL_{i}" for i in range(91)]
+    assert json.loads(meta["category_ids"]) == list(range(91))
+    assert (meta["imgsz"], meta["max_size"]) == ("800", "1333")
+    assert state["class_embed.weight"].shape == (92, 32)
+
+
+def test_coco_names_are_torchvisions() -> None:
+    import torchvision
+
+    reference = torchvision.models.detection.FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]
+    assert list(COCO_91_NAMES[1:]) == reference[1:] and sum(n != "N/A" for n in COCO_91_NAMES) == 80
+
+
+def test_a_mismatch_lists_missing_unexpected_and_misshaped_keys(peer: tuple[torch.nn.Module, Path]) -> None:
+    _, folder = peer
+    converted = convert(fetch(str(folder)))
+    converted.state.pop("transformer.decoder_norm.weight")
+    converted.state["transformer.extra.weight"] = torch.zeros(1)
+    converted.state["input_proj.bias"] = torch.zeros(31)
+    with pytest.raises(LayoutMismatchError) as error:
+        build(converted)
+    message = str(error.value)
+    assert "1 missing keys (transformer.decoder_norm.weight)" in message
+    assert "1 unexpected keys (transformer.extra.weight)" in message
+    assert "1 mis-shaped keys (input_proj.bias: model (32,) vs file (31,))" in message
+    assert "\n" not in message
+
+
+def hf_cache(
+    home: Path, repo: str, files: dict[str, Path], revision: str = "0123456789abcdef" * 2 + "01234567"
+) -> Path:
+    """huggingface_hub's cache layout: models--ORG--NAME/snapshots/<commit>/FILE and refs/main."""
+    folder = home / "hub" / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for name, source in files.items():
+        (snapshot / name).write_bytes(source.read_bytes())
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def test_hf_source_reads_huggingface_hub_cache_offline(
+    peer: tuple[torch.nn.Module, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, folder = peer
+    hf_cache(tmp_path, "facebook/detr-resnet-50", {n: folder / n for n in ("config.json", "model.safetensors")})
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fetched = fetch("hf:facebook/detr-resnet-50")
+    assert fetched.config["encoder_attention_heads"] == 2
+    compare(build(convert(fetched)), model)
+
+
+def test_hf_source_missing_offline_is_one_line_naming_the_cache_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError) as error:
+        fetch("hf:facebook/detr-resnet-101")
+    message = str(error.value)
+    folder = tmp_path / "hub" / "models--facebook--detr-resnet-101"
+    assert "\n" not in message and "model.safetensors or pytorch_model.bin" in message
+    assert f"{folder}/snapshots/<commit>/model.safetensors" in message and f"{folder}/refs/main" in message
+
+
+def test_import_writes_a_detect_weights_file(peer: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    model, folder = peer
+    out = tmp_path / "detr.safetensors"
+    summary = import_weights(str(folder), out, model="detr_r50", imgsz="64", max_size="96")
+    assert summary["tensors"] == len(convert(fetch(str(folder))).state)
+    with safe_open(str(out), framework="pt") as handle:
+        meta = handle.metadata()
+        state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    assert (meta["task"], meta["imgsz"], meta["max_size"], meta["source"]) == ("detect", "64", "96", str(folder))
+    ours = build(convert(fetch(str(out))))
+    assert ours.state_dict().keys() == state.keys()
+    compare(ours, model)
+    with pytest.raises(ValueError, match=r"model='rle_r50' does not match .* is a 'detr_r50'"):
+        import_weights(str(folder), tmp_path / "x.safetensors", model="rle_r50")
+
+
+@pytest.mark.slow
+def test_the_hub_configuration_is_detr_r50(tmp_path: Path) -> None:
+    """facebook/detr-resnet-50's configuration (transformers' defaults: timm ResNet-50, 6+6
+    layers, d 256, 8 heads, FFN 2048, 100 queries) converts to detr_r50 without overrides."""
+    model = transformers_detr(seed=1)
+    model.save_pretrained(tmp_path)
+    converted = convert(fetch(str(tmp_path)))
+    assert converted.model_args == {}
+    ours = build(converted)
+    assert len(converted.state) == len(ours.state_dict())
+    compare(ours, model)
