@@ -4,6 +4,7 @@ from sightkit._api import build_namespace
 from sightkit.models import (
     backbones,  # noqa: F401  (imported for its @export declarations)
     denoising,  # noqa: F401
+    deploy,  # noqa: F401
     detr,  # noqa: F401
     detr_postprocess,  # noqa: F401
     dino,  # noqa: F401

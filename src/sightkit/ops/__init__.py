@@ -8,6 +8,7 @@ from sightkit.ops import (
     head_pose,  # noqa: F401
     keypoints,  # noqa: F401
     matching,  # noqa: F401
+    multiclass_nms,  # noqa: F401
     nms,  # noqa: F401
 )
 
