@@ -7,12 +7,15 @@ from sightkit.data import (  # noqa: F401  (for their @export declarations)
     coco,
     collate,
     faces,
+    formats,
+    preflight,
     segmentation,
     sources,
     synthetic,
     topdown,
     transforms,
     voc,
+    yolo,
 )
 
 __all__ = build_namespace(__name__, globals())

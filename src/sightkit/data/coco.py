@@ -32,8 +32,10 @@ Reference: Lin et al., "Microsoft COCO: Common Objects in Context", ECCV 2014.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ import cv2
 import numpy as np
 import torch
 from faster_coco_eval.core import mask as coco_mask
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -171,32 +174,143 @@ class ImageReadError(OSError):
         self.path = str(path)
 
 
+#: The default pixel limit of :func:`read_image`: Pillow's ``Image.MAX_IMAGE_PIXELS`` (89,478,485,
+#: about 9,459 x 9,459), above which Pillow warns of a decompression bomb.
+DEFAULT_MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 0
+export("data.DEFAULT_MAX_PIXELS")(DEFAULT_MAX_PIXELS)
+
+
 @export("data.read_image")
-def read_image(path: str | Path) -> tv_tensors.Image:
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> tv_tensors.Image:
     """Read an image file as ``tv_tensors.Image`` uint8 ``[3, H, W]`` RGB, pixels as stored
     (EXIF orientation is ignored, as COCO's ``width``/``height`` describe the stored pixels).
 
-    OpenCV decodes (libjpeg-turbo, libpng, WebP, TIFF, BMP; as fast as ``torchvision.io``,
-    whose decoders are deprecated since torchvision 0.29); Pillow is the fallback for what
-    OpenCV cannot read (e.g. GIF) and explains failures. Any failure is an
-    :class:`ImageReadError` that names the path.
+    Before decoding, the header gives the size, and an image of more than ``max_pixels``
+    pixels is refused (a small PNG can hold 20000 x 20000 pixels, gigabytes once decoded);
+    a JPEG without its end-of-image marker after the image data, or a PNG without its
+    ``IEND`` chunk, is refused as truncated (decoders fill the missing part with grey and
+    only print a warning). OpenCV decodes (libjpeg-turbo, libpng, WebP, TIFF, BMP; as fast
+    as ``torchvision.io``, whose decoders are deprecated since torchvision 0.29); Pillow is
+    the fallback for what OpenCV cannot read (e.g. GIF) and explains failures.
+
+    Args:
+        path: the image file.
+        max_pixels: the largest ``width * height`` accepted; ``None``: Pillow's
+            ``Image.MAX_IMAGE_PIXELS`` at call time (:data:`DEFAULT_MAX_PIXELS` unless changed);
+            0: no limit.
+
+    Raises:
+        ImageReadError: (an ``OSError``) the file is missing, unreadable, corrupt, truncated or
+            too large; the message names the path.
     """
     path = Path(path)
-    array = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except OSError as error:
+        raise ImageReadError(path, f"cannot be read ({error.strerror or error})") from None
+    limit = _pixel_limit(max_pixels)
+    header = image_problem(data, limit)
+    if isinstance(header, str):
+        raise ImageReadError(path, header)
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
-        if not path.is_file():
-            raise ImageReadError(path, "no such file")
-        array = _read_with_pillow(path)
+        if header is None:
+            raise ImageReadError(path, "not a readable image (neither OpenCV nor Pillow knows its format)")
+        array = _decode_with_pillow(path, header)
+    height, width = array.shape[:2]
+    if limit and height * width > limit:  # a format whose header Pillow could not read
+        raise ImageReadError(path, _too_large(width, height, limit))
     return tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1))
 
 
-def _read_with_pillow(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def _pixel_limit(max_pixels: int | None) -> int:
+    if max_pixels is None:
+        return Image.MAX_IMAGE_PIXELS or 0
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0:
+        raise ValueError(f"max_pixels must be an integer >= 0 (0: no limit), got {max_pixels!r}")
+    return max_pixels
 
+
+def _too_large(width: int, height: int, limit: int) -> str:
+    return (
+        f"it has {width}x{height} = {width * height:,} pixels, more than max_pixels={limit:,} "
+        "(raise max_pixels= to read it, or resize it)"
+    )
+
+
+def _open_header(data: bytes) -> Image.Image | None:
+    """Pillow's image object with only the header parsed, or None when no plugin knows the format.
+
+    The plugin loop of ``Image.open`` without its decompression-bomb check, whose limit is
+    Pillow's global and not ``max_pixels``.
+    """
+    prefix = data[:16]
+    for load_plugins in (Image.preinit, Image.init):
+        load_plugins()
+        for name in Image.ID:
+            factory, accept = Image.OPEN[name]
+            accepted = True if accept is None else accept(prefix)
+            if accepted is True or (accepted and not isinstance(accepted, str)):
+                try:
+                    return factory(io.BytesIO(data), "")
+                except (SyntaxError, IndexError, TypeError, ValueError, struct.error, OSError):
+                    continue
+    return None
+
+
+def _jpeg_truncated(data: bytes) -> bool:
+    """Whether the JPEG in ``data`` lacks the end-of-image marker (FF D9) after its first scan.
+
+    The header segments are walked to the first start-of-scan marker (FF DA); inside the
+    entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so an
+    FF D9 after it can only be the end of the image (trailing bytes after it are allowed).
+    """
+    position, size = 2, len(data)
+    while position + 4 <= size:
+        if data[position] != 0xFF:
+            return True
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0xDA:
+            return data.rfind(b"\xff\xd9", position) < 0
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            position += 2
+            continue
+        position += 2 + struct.unpack(">H", data[position + 2 : position + 4])[0]
+    return True
+
+
+def image_problem(data: bytes, max_pixels: int) -> str | Image.Image | None:
+    """Check an encoded image without decoding it: its header, its size against ``max_pixels``
+    (0: no limit) and, for JPEG and PNG, that the file is complete.
+
+    Returns:
+        A reason (str) when the image must not be used; else Pillow's header-only image, or
+        None for a format whose header Pillow cannot read.
+    """
+    header = _open_header(data)
+    if header is None:
+        return None if data else "the file is empty (0 bytes)"
+    width, height = header.size
+    if max_pixels and width * height > max_pixels:
+        return _too_large(width, height, max_pixels)
+    if header.format == "JPEG" and _jpeg_truncated(data):
+        return "truncated JPEG: the end-of-image marker is missing (the file was cut short)"
+    # IEND's chunk always has length 0, so its 8 bytes (length + type) mark a complete PNG.
+    if header.format == "PNG" and data.rfind(b"\x00\x00\x00\x00IEND") < 0:
+        return "truncated PNG: the IEND chunk is missing (the file was cut short)"
+    return header
+
+
+def _decode_with_pillow(path: Path, header: Image.Image) -> np.ndarray:
     try:
-        with Image.open(path) as pil:
-            return np.array(pil.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+        with header:
+            return np.array(header.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(path, f"not a readable image ({error})") from None
 
 

@@ -9,6 +9,7 @@ from sightkit.engine import (  # noqa: F401  (imported for their @export declara
     distributed,
     metrics,
     optim,
+    run_folder,
     trainer,
 )
 

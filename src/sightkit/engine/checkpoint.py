@@ -5,15 +5,25 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts writt
 runs pickled code. Writes go to a temporary file in the same folder, are flushed to disk
 (``fsync``) and then renamed over the target (``os.replace``, atomic on POSIX and
 Windows), so a crash at any moment leaves either the old or the new file, never half of one.
+
+Each checkpoint carries the SHA-256 of its own bytes, verified on loading, so that bytes
+changed afterwards (a failing disk, a bad copy) are an error instead of silently wrong
+weights. ``torch.save`` writes a zip archive; the digest lives in the archive's comment
+field (the last bytes of the file), which zip readers, ``torch.load`` included, skip: the
+file stays a plain ``torch.load``-able checkpoint, and hard-linked snapshots carry their
+digest with them. Files written before checksums existed load unverified.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
 import pickle
 import random
 import re
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +37,11 @@ from sightkit._api import export
 LAST = "last.pt"
 BEST = "best.pt"
 _SNAPSHOT = re.compile(r"^step_(\d+)\.pt$")
+# The zip end-of-central-directory record: its signature, and the archive comment that follows
+# its 22 bytes (the last 2 of which give the comment's length).
+_END_RECORD = b"PK\x05\x06"
+_CHECKSUM_TAG = b"sightkit-sha256:"
+_TRAILER = 22 + len(_CHECKSUM_TAG) + 64
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -55,16 +70,123 @@ def _replace_atomically(path: Path, write: Any) -> None:
     _fsync_folder(path.parent)
 
 
+class _HashingWriter(io.RawIOBase):
+    """A write-only stream that hashes what passes through it on its way to ``handle``, so
+    that the digest costs no second read of the file."""
+
+    def __init__(self, handle: io.BufferedWriter) -> None:
+        self.handle, self.hash, self.position = handle, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.position += len(data)
+        return self.handle.write(data)
+
+    def tell(self) -> int:
+        return self.position
+
+
+def _write_with_checksum(state: Mapping[str, Any], path: Path) -> None:
+    with open(path, "wb") as handle:
+        writer = _HashingWriter(handle)
+        torch.save(dict(state), writer)
+        handle.flush()
+        with open(path, "rb") as reader:
+            reader.seek(-22, os.SEEK_END)
+            end = reader.read()
+        if end[:4] != _END_RECORD or end[-2:] != b"\x00\x00":
+            raise RuntimeError(f"torch.save wrote {path} without the zip end record this checksum relies on")
+        # The digest covers the file exactly as torch.save wrote it (comment length 0); the
+        # comment then replaces that length field.
+        comment = _CHECKSUM_TAG + writer.hash.hexdigest().encode()
+        handle.seek(-2, os.SEEK_END)
+        handle.write(struct.pack("<H", len(comment)) + comment)
+
+
+def _stored_digest(path: Path, size: int) -> str | None:
+    """The SHA-256 recorded in ``path``'s zip comment, or None for a file without one."""
+    if size < _TRAILER:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(size - _TRAILER)
+        tail = handle.read()
+    comment = _CHECKSUM_TAG + b"0" * 64
+    if (
+        tail[:4] != _END_RECORD
+        or tail[20:22] != struct.pack("<H", len(comment))
+        or not tail[22:].startswith(_CHECKSUM_TAG)
+    ):
+        return None
+    return tail[22 + len(_CHECKSUM_TAG) :].decode("ascii", errors="replace")
+
+
+def _checksum_problem(path: Path) -> str | None:
+    """Why ``path``'s bytes are not those its writer recorded, or None when they are (or when
+    it records no digest)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty (0 bytes)"
+    stored = _stored_digest(path, size)
+    if stored is None:
+        return None
+    digest, remaining = hashlib.sha256(), size - _TRAILER + 20
+    with open(path, "rb") as handle:
+        while remaining > 0:
+            chunk = handle.read(min(remaining, 1 << 22))
+            if not chunk:
+                break
+            digest.update(chunk)
+            remaining -= len(chunk)
+    digest.update(b"\x00\x00")
+    if digest.hexdigest() != stored:
+        return "its SHA-256 checksum does not match the one written with it (the bytes changed after saving)"
+    return None
+
+
 @export("engine.save_checkpoint")
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``state`` (tensors, numbers, strings and containers of them) to ``path`` atomically.
+    """Write ``state`` (tensors, numbers, strings and containers of them) to ``path`` atomically,
+    with the SHA-256 of the file's bytes in its zip comment (see the module docstring).
 
     Returns:
         The path written.
     """
     path = Path(path)
-    _replace_atomically(path, lambda temporary: torch.save(dict(state), temporary))
+    _replace_atomically(path, lambda temporary: _write_with_checksum(state, temporary))
     return path
+
+
+def newest_good_snapshot(folder: str | Path, exclude: Path | None = None) -> Path | None:
+    """The ``step_*.pt`` snapshot in ``folder`` with the highest step whose bytes pass their
+    checksum and that ``torch.load`` reads (``exclude`` left out); None when there is none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    snapshots = sorted(
+        (p for p in folder.iterdir() if _SNAPSHOT.match(p.name) and p != exclude),
+        key=lambda p: int(_SNAPSHOT.match(p.name).group(1)),
+        reverse=True,
+    )
+    for snapshot in snapshots:
+        try:
+            _read_verified(snapshot, "cpu")
+        except (OSError, ValueError):
+            continue
+        return snapshot
+    return None
+
+
+def _read_verified(path: Path, map_location: str | torch.device) -> Any:
+    problem = _checksum_problem(path)
+    if problem is not None:
+        raise ValueError(problem)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(f"{type(error).__name__}: {str(error).splitlines()[0]}") from None
 
 
 @export("engine.load_checkpoint")
@@ -75,7 +197,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises:
         FileNotFoundError: nothing at ``path`` (or no ``last.pt`` in the folder).
-        ValueError: the file is not a checkpoint (corrupt, or holds pickled objects).
+        ValueError: the file is not a checkpoint (empty, corrupt, its checksum does not match,
+            or it holds pickled objects); the message names the newest good ``step_*.pt``
+            snapshot in the same folder, if there is one.
     """
     path = Path(path)
     if path.is_dir():
@@ -86,11 +210,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"that holds {LAST}"
         )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(
-            f"{path} is not a readable sightkit checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})"
-        ) from None
+        state = _read_verified(path, map_location)
+    except ValueError as error:
+        snapshot = newest_good_snapshot(path.parent, exclude=path)
+        hint = "" if snapshot is None else f"; the newest good snapshot is {snapshot}: resume with resume={snapshot}"
+        raise ValueError(f"{path} is not a readable sightkit checkpoint ({error}){hint}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, expected a checkpoint dict")
     return state

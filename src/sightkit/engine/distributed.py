@@ -6,11 +6,20 @@ the process group (NCCL on GPUs, gloo on CPUs). Everything else here asks the pr
 group when there is one and does the single-process thing when there is not, so that
 task code (a criterion that all-reduces its number of boxes, an evaluator that gathers
 predictions) is written once for both cases.
+
+A rank that stalls or dies would otherwise hold the others in their next collective for
+the backend's default (30 minutes for gloo); :func:`init_distributed` passes a ``timeout``
+(the trainer's ``ddp_timeout``, 10 minutes by default) to ``init_process_group``, and
+:func:`collective_errors` turns the backend's timeout or lost-peer error into one
+:class:`DistributedError` line on every surviving rank.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,18 +61,54 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
 
 
+@export("engine.DistributedError")
+class DistributedError(RuntimeError):
+    """A collective operation failed because another rank stalled past the timeout or died."""
+
+
+#: Fragments of the backends' messages for a timed-out or broken collective (gloo, NCCL).
+_COLLECTIVE_FAILURES = ("Timed out", "timed out", "Connection closed by peer", "Connection reset", "NCCL", "gloo")
+
+
+@export("engine.collective_errors")
+@contextlib.contextmanager
+def collective_errors(timeout: float) -> Iterator[None]:
+    """Re-raise a collective's timeout or lost-peer error inside the block as a one-line
+    :class:`DistributedError` naming this rank and the ``timeout`` (seconds) it waited.
+
+    Nothing changes on one process, or for errors of other kinds.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        text = str(error)
+        broken = isinstance(error, dist.DistError) or any(part in text for part in _COLLECTIVE_FAILURES)
+        if not _active() or isinstance(error, DistributedError) or not broken:
+            raise
+        reason = " ".join(text.split()).split("] ", 1)[-1][:200]  # drop gloo's source-file prefix
+        raise DistributedError(
+            f"rank {dist.get_rank()} of {dist.get_world_size()}: a collective operation failed ({reason}) after "
+            f"waiting up to ddp_timeout={timeout:g} s: another rank stalled or died; its own output says why "
+            "(raise ddp_timeout= if a rank legitimately needs longer, e.g. for a slow evaluation)"
+        ) from None
+
+
 @export("engine.init_distributed")
-def init_distributed(device: str = "") -> DistributedContext:
+def init_distributed(device: str = "", timeout: float = 600.0) -> DistributedContext:
     """Join the process group described by ``torchrun``'s environment, if any.
 
     Args:
         device: ``""`` picks ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``;
             ``"cpu"`` or ``"cuda"``/``"cuda:K"`` force one (under torchrun ``"cuda"``
             becomes ``cuda:LOCAL_RANK``).
+        timeout: seconds a collective operation waits for the other ranks before failing
+            (``init_process_group``'s ``timeout``).
 
     With ``WORLD_SIZE`` unset or 1 this starts no process group and returns rank 0 of 1.
-    Calling it again after the group exists returns the same context.
+    Calling it again after the group exists returns the same context (and keeps its timeout).
     """
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -79,7 +124,11 @@ def init_distributed(device: str = "") -> DistributedContext:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if resolved.type == "cuda" else "gloo"
         # device_id binds the NCCL communicator to this GPU up front (no lazy guessing).
-        dist.init_process_group(backend=backend, device_id=resolved if resolved.type == "cuda" else None)
+        dist.init_process_group(
+            backend=backend,
+            device_id=resolved if resolved.type == "cuda" else None,
+            timeout=datetime.timedelta(seconds=timeout),
+        )
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=resolved)
 
 

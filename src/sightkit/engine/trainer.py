@@ -13,6 +13,16 @@ folder ``config.out`` receives ``config.yaml`` (the resolved settings), ``metric
 ``last.pt`` / ``best.pt`` / ``step_*.pt`` checkpoints, ``last.safetensors`` /
 ``best.safetensors`` weights and ``curves.png``; only rank 0 writes.
 
+Safety: the run folder is locked while a run writes into it (``engine.run_folder``; a second
+run is refused with the first one's pid) and temporary files of crashed writers are removed
+at the start. Before the first step every image file of the training and validation data is
+checked (``check_data``, :mod:`sightkit.data.preflight`): with ``on_error=stop`` a missing,
+unreadable, truncated or oversized one (``max_pixels``) stops the run with one line listing
+them; with ``on_error=skip`` they are left out, and an image that fails later is replaced by
+the next readable sample, logged and counted (``bad_samples`` in ``metrics.jsonl``). Under
+``torchrun`` a rank that stalls or dies ends every process after ``ddp_timeout`` seconds
+with one :class:`~sightkit.engine.DistributedError` line.
+
 Exact resume: a run stopped after step N and resumed (``resume=true``) reaches the same
 parameters, optimiser state and averaged weights as a run that never stopped, bit for bit
 on the same machine, including mid-epoch stops: the checkpoint holds the position in the
@@ -28,22 +38,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
+import multiprocessing
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from sightkit._api import export
 from sightkit.config import save_config
+from sightkit.data.coco import DEFAULT_MAX_PIXELS, ImageReadError
+from sightkit.data.preflight import check_images, describe_problems, indices_without, sample_image_paths
 from sightkit.engine.averaging import SWA, ModelEMA, RunningMean
 from sightkit.engine.checkpoint import (
     LAST,
@@ -55,12 +70,23 @@ from sightkit.engine.checkpoint import (
     set_rng_state,
 )
 from sightkit.engine.data import ResumableSampler, ShardSampler, call_model, to_device
-from sightkit.engine.distributed import all_gather_object, init_distributed, per_rank_batch, reduce_sum, unwrap_model
+from sightkit.engine.distributed import (
+    all_gather_object,
+    collective_errors,
+    init_distributed,
+    per_rank_batch,
+    reduce_sum,
+    unwrap_model,
+)
 from sightkit.engine.metrics import MetricsLog, ProgressBar, plot_curves
 from sightkit.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from sightkit.engine.rank_local import rank_local_state, restore_rank_local
+from sightkit.engine.run_folder import LOCK, RunLock, remove_stale_temporaries
+
+logger = logging.getLogger(__name__)
 
 AMP_MODES = ("none", "bf16", "fp16")
+ON_ERROR = ("stop", "skip")
 EVAL_WEIGHTS = ("auto", "model", "ema", "swa")
 CHECKPOINT_FORMAT = 1
 
@@ -78,7 +104,35 @@ class TrainConfig:
     """Every setting of the training engine. Task configs subclass it and add their own keys.
 
     Build one from ``key=value`` tokens and a YAML file with :func:`sightkit.config.build_config`.
+
+    Resuming compares the checkpoint's settings with these and refuses any difference (unless
+    ``resume_override=true``, which lists them as a warning), except for the keys of
+    :attr:`RESUME_MAY_CHANGE`, each allowed with a note for the reason given there. Task
+    configs extend that mapping with their own keys.
     """
+
+    #: Keys a resumed run may change, and why that is legitimate. Everything else (batch, lr,
+    #: seed, the model, the schedule's shape, ...) would silently make a different run.
+    RESUME_MAY_CHANGE: ClassVar[dict[str, str]] = {
+        "epochs": "training longer or shorter is what resuming is for; the schedule is stretched to the new length",
+        "steps": "training longer or shorter is what resuming is for; the schedule is stretched to the new length",
+        "out": "a run folder may be moved or copied",
+        "workers": "loader processes change the speed, not the samples",
+        "device": "another device computes the same run (not bit for bit across device types)",
+        "ddp_timeout": "how long processes wait for each other does not change the computation",
+        "progress": "display only",
+        "plot": "output only",
+        "tensorboard": "output only",
+        "csv": "output only",
+        "log_every": "when to log does not change the weights",
+        "eval_every": "when to evaluate does not change the weights",
+        "save_every": "when to save does not change the weights",
+        "keep": "how many snapshots to keep does not change the weights",
+        "check_data": "checking the files does not change them",
+        "on_error": "data fixed or skipped between the runs is a decision about the data, not the run",
+        "max_pixels": "a limit on image size only decides which files may be read",
+        "exist_ok": "applies to fresh runs only",
+    }
 
     out: str = field(default="runs/train", metadata=_help("run folder (checkpoints, metrics, plots)"))
     epochs: int = field(default=10, metadata=_help("passes over the training data (0: steps decides)"))
@@ -120,7 +174,23 @@ class TrainConfig:
     workers: int = field(default=0, metadata=_help("DataLoader worker processes per rank"))
     sync_bn: bool = field(default=False, metadata=_help("SyncBatchNorm across processes (CUDA)"))
     resume: bool | str = field(default=False, metadata=_help("true: continue OUT/last.pt; or a checkpoint path"))
+    resume_override: bool = field(
+        default=False, metadata=_help("resume although settings differ from the checkpoint's (they are listed)")
+    )
     exist_ok: bool = field(default=False, metadata=_help("allow a fresh run in a non-empty out folder"))
+    on_error: str = field(
+        default="stop",
+        metadata=_help("bad image files: stop (before the first step, listing them) or skip (log, count, leave out)"),
+    )
+    check_data: bool = field(
+        default=True, metadata=_help("check every image file (of datasets with image_path(i)) before the first step")
+    )
+    max_pixels: int = field(
+        default=DEFAULT_MAX_PIXELS, metadata=_help("largest width*height the data check accepts (0: no limit)")
+    )
+    ddp_timeout: float = field(
+        default=600.0, metadata=_help("seconds a process waits for the others (torchrun) before all stop")
+    )
     progress: bool = field(default=True, metadata=_help("progress bar and log lines on rank 0"))
     plot: bool = field(default=True, metadata=_help("write curves.png at the end"))
 
@@ -138,6 +208,11 @@ def _check_config(config: TrainConfig) -> None:
     _check_choice("best_mode", config.best_mode, ("max", "min"))
     _check_choice("optimizer", config.optimizer, OPTIMIZERS)
     _check_choice("schedule", config.schedule, SCHEDULES)
+    _check_choice("on_error", config.on_error, ON_ERROR)
+    if not config.ddp_timeout > 0:
+        raise ValueError(f"ddp_timeout must be > 0 seconds, got {config.ddp_timeout}")
+    if config.max_pixels < 0:
+        raise ValueError(f"max_pixels must be >= 0 (0: no limit), got {config.max_pixels}")
     for name in ("epochs", "steps", "warmup_steps", "eval_every", "save_every", "keep", "workers", "swa_start"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
@@ -166,6 +241,58 @@ def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManag
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _note(text: str) -> None:
+    """A line for the person running the training (rank 0 calls it), on stderr beside warnings."""
+    print(f"note: {text}", file=sys.stderr, flush=True)
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    # A checkpoint stores tuples and lists as they were; YAML and the command line may give either.
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same_setting(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+class _SubsetWithAttributes(Subset):
+    """A ``Subset`` through which the wrapped dataset's attributes stay readable (task
+    evaluators read e.g. ``loader.dataset.uses_detections``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("dataset", "indices"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class _ReplaceUnreadable(Dataset):
+    """``dataset[i]``, or when its image cannot be read (:class:`~sightkit.data.ImageReadError`),
+    the next sample that can be: logged, and counted in ``count`` (shared with loader worker
+    processes). A replacement keeps every batch full, so that all ranks step together."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.count = multiprocessing.Value("q", 0)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        size = len(self.dataset)
+        for offset in range(size):
+            candidate = (index + offset) % size
+            try:
+                return self.dataset[candidate]
+            except ImageReadError as error:
+                with self.count.get_lock():
+                    self.count.value += 1
+                logger.warning("on_error=skip: training sample %d replaced by the next one: %s", candidate, error)
+        raise ImageReadError("(every training image)", f"none of the {size} training samples can be read")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("dataset", "count"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def _stats_line(values: Mapping[str, float]) -> str:
@@ -234,7 +361,7 @@ class Trainer:
         self.loss_weights = None if loss_weights is None else {k: float(v) for k, v in loss_weights.items()}
         self.evaluate_fn = evaluate
         self.weights_metadata = dict(weights_metadata or {})
-        self.context = init_distributed(config.device)
+        self.context = init_distributed(config.device, config.ddp_timeout)
         self.device = self.context.device
         world, rank = self.context.world_size, self.context.rank
         self.micro_batch = per_rank_batch(config.batch, world, config.accumulate)
@@ -243,9 +370,13 @@ class Trainer:
         if config.sync_bn and world > 1 and self.device.type != "cuda":
             raise ValueError("sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU kernel); set sync_bn=false")
         self.out = Path(config.out)
-        # Before any collective call: every rank checks the folder as it was before rank 0
-        # (which writes only in fit()) could have touched it.
-        resume_path = self._resume_path()
+        self.preflight_skipped = 0
+        with collective_errors(config.ddp_timeout):
+            resume_path = self._resume_path()
+            train_data, val_data = self._check_data(train_data, val_data)
+        self.skipped = _ReplaceUnreadable(train_data) if config.on_error == "skip" else None
+        if self.skipped is not None:
+            train_data = self.skipped
 
         _seed_everything(config.seed + rank)
         self.sampler = ResumableSampler(train_data, num_replicas=world, rank=rank, seed=config.seed)
@@ -260,6 +391,7 @@ class Trainer:
             self.total_steps = min(by_epochs, config.steps)
         else:
             self.total_steps = by_epochs or config.steps
+        self.warmup_steps = self._warmup_steps()
         # The loader's generator only seeds worker processes; it is re-seeded every epoch,
         # so its state is a function of (seed, epoch, rank) and needs no checkpointing.
         self._loader_generator = torch.Generator()
@@ -305,7 +437,7 @@ class Trainer:
             self.optimizer,
             name=config.schedule,
             total_steps=max(self.total_steps, 1),
-            warmup_steps=min(config.warmup_steps, self.total_steps),
+            warmup_steps=self.warmup_steps,
             min_lr_ratio=config.min_lr_ratio,
             milestones=config.milestones,
             gamma=config.gamma,
@@ -316,7 +448,8 @@ class Trainer:
         self.swa = SWA(model) if config.swa_start > 0 else None
         if world > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+            with collective_errors(config.ddp_timeout):  # DDP broadcasts rank 0's parameters
+                model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         self.model = model
         self._parameters = [p for p in model.parameters() if p.requires_grad]
         self.forward_model = torch.compile(model) if config.compile else model
@@ -329,17 +462,105 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self._loss_names: list[str] | None = None
         self._start_epoch, self._start_in_epoch = 0, 0
+        self._own_scheduler = scheduler is None
+        # Last, so that a setting refused above leaves no folder behind; before loading, which
+        # rewrites metrics.jsonl.
+        with collective_errors(config.ddp_timeout):
+            self._lock = self._lock_run_folder()
         if resume_path is not None:
             self._load(resume_path)
 
     # ------------------------------------------------------------------ set-up helpers
 
+    def _lock_run_folder(self) -> RunLock | None:
+        """Rank 0 locks the run folder and removes stale temporary files; every rank raises
+        if that failed, so that none waits for the others in a collective."""
+        lock, error = None, None
+        if self.context.is_main:
+            try:
+                lock = RunLock(self.out).acquire()
+            except (OSError, ValueError) as caught:
+                error = caught
+            else:
+                removed = remove_stale_temporaries(self.out)
+                if removed:
+                    _note(
+                        f"removed {len(removed)} temporary files that interrupted writes left in {self.out}: "
+                        + ", ".join(removed)
+                    )
+                if lock.taken_over is not None:
+                    _note(f"took over the lock of {self.out}, left by process {lock.taken_over}, which has ended")
+        failures = all_gather_object(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if failures[0] is not None:
+            raise ValueError(f"rank 0: {failures[0]}")
+        return lock
+
+    def _check_data(self, train_data: Dataset, val_data: Dataset | None) -> tuple[Dataset, Dataset | None]:
+        """The pre-flight check of every image file (``check_data``), each rank a share of the
+        files: with ``on_error=stop`` a one-line error listing the bad ones, with ``skip`` the
+        datasets without their samples."""
+        config = self.config
+        if not config.check_data:
+            return train_data, val_data
+        parts = {"training": train_data, "validation": val_data}
+        paths = {name: sample_image_paths(data) for name, data in parts.items() if data is not None}
+        unknown = [name for name, found in paths.items() if found is None]
+        if unknown:
+            logger.info("check_data: the %s data have no image_path(index); not checked", " and ".join(unknown))
+        files = sorted({str(path) for found in paths.values() if found is not None for path in found})
+        world, rank = self.context.world_size, self.context.rank
+        problems: dict[str, str] = {}
+        for found in all_gather_object(check_images(files[rank::world], config.max_pixels)):
+            problems.update(found)
+        if not problems:
+            return train_data, val_data
+        problems = dict(sorted(problems.items()))
+        summary = describe_problems(problems, len(files), shown=50)
+        if config.on_error == "stop":
+            raise ValueError(
+                f"check_data: {summary}. Fix or remove them, set on_error=skip to train without them, raise "
+                "max_pixels= for large images, or check_data=false to skip this check"
+            )
+        kept = {}
+        for name, data in parts.items():
+            found = paths.get(name)
+            if data is None or found is None:
+                kept[name] = data
+                continue
+            indices = indices_without(found, problems)
+            if not indices:
+                raise ValueError(f"check_data: none of the {len(found)} {name} samples has a usable image: {summary}")
+            kept[name] = data if len(indices) == len(found) else _SubsetWithAttributes(data, indices)
+            if self.context.is_main and len(indices) < len(found):
+                _note(f"on_error=skip: {len(found) - len(indices)} of {len(found)} {name} samples left out")
+        self.preflight_skipped = len(problems)
+        if self.context.is_main:
+            _note(f"on_error=skip: {summary}")
+        return kept["training"], kept["validation"]
+
+    def _warmup_steps(self) -> int:
+        """``warmup_steps``, capped at a tenth of the run (a warm-up longer than that is a
+        setting made for a longer run: the learning rate would rise for most of this one)."""
+        warmup, cap = self.config.warmup_steps, self.total_steps // 10
+        if warmup <= cap:
+            return warmup
+        if self.context.is_main:
+            warnings.warn(
+                f"warmup_steps={warmup} is more than a tenth of this run's {self.total_steps} optimiser steps; "
+                f"warming up over {cap} steps instead (set warmup_steps= <= {cap} to silence this)",
+                UserWarning,
+                stacklevel=3,
+            )
+        return cap
+
     def _resume_path(self) -> Path | None:
         """The checkpoint to resume from, after checking that the run folder may be written."""
         resume = self.config.resume
         if resume is False or resume == "":
-            if self.out.is_dir() and any(self.out.iterdir()) and not self.config.exist_ok:
-                held = sorted(p.name for p in self.out.iterdir())
+            held = sorted(p.name for p in self.out.iterdir() if p.name != LOCK) if self.out.is_dir() else []
+            if held and not self.config.exist_ok:
                 shown = ", ".join(held[:6]) + (", ..." if len(held) > 6 else "")
                 raise ValueError(
                     f"out={str(self.out)!r} already holds files ({shown}); continue that run with resume=true, "
@@ -409,6 +630,7 @@ class Trainer:
         state = load_checkpoint(path, map_location="cpu")
         if state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
             raise ValueError(f"{path} is not a sightkit training checkpoint (no format {CHECKPOINT_FORMAT} header)")
+        self._compare_config(path, state.get("config") or {})
         restore_rank_local(
             state, self.unwrapped, self.optimizer, self.context.rank, self.context.world_size, source=str(path)
         )
@@ -421,6 +643,11 @@ class Trainer:
                 "backbone_lr_mult= settings of the run that wrote it"
             ) from None
         self.scheduler.load_state_dict(state["scheduler"])
+        if self._own_scheduler:
+            # LambdaLR restores its factor objects' attributes too: the run's length (and the
+            # capped warm-up) must be this run's, or a longer resumed run would sit at the end of the old schedule.
+            for factor in self.scheduler.lr_lambdas:
+                factor.total_steps, factor.warmup_steps = max(self.total_steps, 1), self.warmup_steps
         for name, holder in (("scaler", self.scaler), ("ema", self.ema), ("swa", self.swa)):
             saved = state.get(name)
             if holder is not None and saved is not None:
@@ -444,6 +671,37 @@ class Trainer:
             # Another number of processes: each rank still needs its own stream, just not the old one.
             _seed_everything(self.config.seed + self.context.rank + 1_000_003 * self.step)
         self.log.truncate_after(self.step)
+
+    def _compare_config(self, path: Path, saved: Mapping[str, Any]) -> None:
+        """Refuse a resume whose settings differ from the checkpoint's, except those of
+        ``RESUME_MAY_CHANGE`` (a note each) or with ``resume_override=true`` (a warning)."""
+        current = dataclasses.asdict(self.config)
+        free = type(self.config).RESUME_MAY_CHANGE
+        notes, changes = [], []
+        for key in sorted(set(saved) | set(current)):
+            if key in ("resume", "resume_override"):
+                continue
+            before, after = saved.get(key, "(absent)"), current.get(key, "(absent)")
+            if _same_setting(before, after):
+                continue
+            line = f"{key}: {before!r} -> {after!r}"
+            (notes if key in free else changes).append(f"{line} ({free[key]})" if key in free else line)
+        if changes and not self.config.resume_override:
+            raise ValueError(
+                f"resume: this run's settings differ from those {path} was written with: {'; '.join(changes)}. "
+                "Resume with the same settings, start a fresh run, or set resume_override=true to continue anyway"
+            )
+        if not self.context.is_main:
+            return
+        for line in notes:
+            _note(f"resume: {line}")
+        if changes:
+            warnings.warn(
+                f"resume_override=true: resuming {path} with changed settings: {'; '.join(changes)}; the run is no "
+                "longer the one the checkpoint started",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _save(self, metric: float | None = None) -> None:
         # The best value goes into the state first, so that best.pt records itself as the best.
@@ -571,7 +829,19 @@ class Trainer:
         Raises:
             FloatingPointError: ``max_bad_steps`` steps in a row had a non-finite loss or
                 gradient; the parameters are those of the last finite step.
+            DistributedError: under ``torchrun``, another rank stalled for ``ddp_timeout``
+                seconds or died.
+
+        The run folder's lock is released when it returns or raises.
         """
+        try:
+            with collective_errors(self.config.ddp_timeout):
+                return self._fit()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _fit(self) -> dict[str, float]:
         config, main = self.config, self.context.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -656,6 +926,10 @@ class Trainer:
         record: dict[str, Any] = {"kind": "train", "step": self.step, "epoch": epoch + 1}
         record.update({name: meters[name].value for name in sorted(meters)})
         record.update({"lr": self.optimizer.param_groups[0]["lr"], "it_s": steps_per_s, "bad_steps": self.bad_total})
+        if self.skipped is not None:
+            # Every rank logs at the same steps, so this sum is a collective all of them join.
+            replaced = reduce_sum(torch.tensor([float(self.skipped.count.value)], device=self.device))
+            record["bad_samples"] = self.preflight_skipped + int(replaced.item())
         self.log.write(record)
         if self.context.is_main and self.config.progress and not bar.enabled:
             print(f"step {self.step}/{self.total_steps}  " + _stats_line({k: record[k] for k in ("loss", "lr")}))
