@@ -7,7 +7,6 @@ from sightkit.data import (  # noqa: F401  (for their @export declarations)
     coco,
     collate,
     faces,
-    formats,
     preflight,
     segmentation,
     sources,
@@ -15,7 +14,6 @@ from sightkit.data import (  # noqa: F401  (for their @export declarations)
     topdown,
     transforms,
     voc,
-    yolo,
 )
 
 __all__ = build_namespace(__name__, globals())
