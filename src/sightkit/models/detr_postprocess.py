@@ -18,7 +18,8 @@ def detr_postprocess(
     As in DETR, each query gives one detection: its most likely real class (the "no
     object" logit takes part in the softmax but is never a label), scored by that class's
     probability. The ``top_k`` best queries with a score of at least ``score_threshold``
-    are kept, and their boxes are scaled from relative ``cxcywh`` to absolute ``xyxy``.
+    are kept, and their boxes are scaled from relative ``cxcywh`` to absolute ``xyxy``
+    clipped to the image.
 
     Args:
         pred_logits: ``[B, Q, C + 1]`` class logits, the last one "no object".
@@ -51,7 +52,7 @@ def detr_postprocess(
     scores, labels = probs.max(-1)
     height, width = image_sizes.float().unbind(-1)
     scale = torch.stack((width, height, width, height), dim=-1)[:, None, :]
-    boxes = box_convert(pred_boxes.float(), "cxcywh", "xyxy") * scale
+    boxes = box_convert(pred_boxes.float(), "cxcywh", "xyxy").clamp(0, 1) * scale
     k = min(top_k, queries)
     top_scores, order = scores.topk(k, dim=-1)
     results = []

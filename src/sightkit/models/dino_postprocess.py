@@ -19,7 +19,7 @@ def dino_postprocess(
     Each class of each query is a candidate scored by its sigmoid probability (there is no
     "no object" class); the ``top_k`` best (query, class) pairs over all ``Q x C`` are kept, as
     Deformable DETR and DINO do, so one query may give detections of several classes. Boxes are
-    scaled from relative ``cxcywh`` to absolute ``xyxy``.
+    scaled from relative ``cxcywh`` to absolute ``xyxy`` and clipped to the image.
 
     Args:
         pred_logits: ``[B, Q, C]`` class logits.
@@ -53,7 +53,7 @@ def dino_postprocess(
     query = torch.div(top_index, classes, rounding_mode="floor")
     height, width = image_sizes.float().unbind(-1)
     scale = torch.stack((width, height, width, height), dim=-1)[:, None, :]
-    boxes = box_convert(pred_boxes.float(), "cxcywh", "xyxy") * scale
+    boxes = box_convert(pred_boxes.float(), "cxcywh", "xyxy").clamp(0, 1) * scale
     boxes = boxes.gather(1, query[..., None].expand(-1, -1, 4))
     results = []
     for image_scores, image_labels, image_boxes in zip(top_scores, labels, boxes, strict=True):
