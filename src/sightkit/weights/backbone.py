@@ -62,7 +62,7 @@ def load_backbone_weights(model: nn.Module, source: str) -> dict[str, int | str]
             state dict, or ``hf:ORG/NAME/FILE``; ``""``/``"none"`` loads nothing.
 
     Returns:
-        ``{"source": source, "loaded": tensors loaded, "body": the backbone's module name}``
+        ``{"source": source, "loaded": weights and statistics loaded, "body": the backbone's module name}``
         (``loaded`` 0 for ``"none"``).
 
     Raises:
@@ -92,5 +92,5 @@ def load_backbone_weights(model: nn.Module, source: str) -> dict[str, int | str]
         if any(not re.fullmatch(r"layer\d", stage) for stage in skipped):
             raise ValueError(f"backbone_weights={source!r} has parts the backbone lacks: {skipped}")
         body.load_state_dict(fit_state_dict(body, kept, f"backbone_weights={source!r}"))
-        loaded += len(kept)
+        loaded += sum(not k.endswith("num_batches_tracked") for k in kept)
     return {"source": source, "loaded": loaded, "body": bodies[0][0]}

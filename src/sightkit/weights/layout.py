@@ -49,16 +49,17 @@ def _listed(label: str, items: list[str], limit: int = 8) -> str:
 def fit_state_dict(model: nn.Module, state: Mapping[str, Tensor], what: str) -> dict[str, Tensor]:
     """``state`` checked against ``model.state_dict()`` and ready for a strict ``load_state_dict``:
     BatchNorm's ``num_batches_tracked`` counters that the file lacks (frozen-BN checkpoints have
-    none) keep the model's value, and tensors take the model's dtype.
+    none) keep the model's value, those the model lacks (frozen BN) are dropped, and tensors
+    take the model's dtype.
 
     Raises:
         LayoutMismatchError: one message listing every missing, unexpected and mis-shaped key.
     """
     expected = model.state_dict()
-    out = {k: v for k, v in state.items()}
-    for key, value in expected.items():
-        if key not in out and key.endswith("num_batches_tracked"):
-            out[key] = value.clone()
+    # BatchNorm's step counter is no weight: frozen BN has none, and files saved before it existed lack it.
+    counter = "num_batches_tracked"
+    out = {k: v for k, v in state.items() if not k.endswith(counter) or k in expected}
+    out.update({k: v.clone() for k, v in expected.items() if k.endswith(counter) and k not in out})
     missing = [k for k in expected if k not in out]
     unexpected = [k for k in out if k not in expected]
     shapes = [
