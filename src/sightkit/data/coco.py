@@ -251,12 +251,12 @@ def _open_header(data: bytes) -> Image.Image | None:
         load_plugins()
         for name in Image.ID:
             factory, accept = Image.OPEN[name]
-            accepted = True if accept is None else accept(prefix)
-            if accepted is True or (accepted and not isinstance(accepted, str)):
-                try:
+            try:
+                accepted = True if accept is None else accept(prefix)
+                if accepted and not isinstance(accepted, str):  # a str is a plugin's "cannot read this" message
                     return factory(io.BytesIO(data), "")
-                except (SyntaxError, IndexError, TypeError, ValueError, struct.error, OSError):
-                    continue
+            except (SyntaxError, IndexError, TypeError, ValueError, struct.error, OSError):
+                continue
     return None
 
 
@@ -292,9 +292,11 @@ def image_problem(data: bytes, max_pixels: int) -> str | Image.Image | None:
         A reason (str) when the image must not be used; else Pillow's header-only image, or
         None for a format whose header Pillow cannot read.
     """
+    if not data:
+        return "the file is empty (0 bytes)"
     header = _open_header(data)
     if header is None:
-        return None if data else "the file is empty (0 bytes)"
+        return None
     width, height = header.size
     if max_pixels and width * height > max_pixels:
         return _too_large(width, height, max_pixels)
