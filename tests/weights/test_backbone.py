@@ -55,7 +55,7 @@ def truncated(resnet: torch.nn.Module, images: torch.Tensor, last_stage: int) ->
 
 @pytest.mark.parametrize(("spec", "last_stage", "norm"), [
     ("resnet18", 3, "bn"), ("resnet34", 4, "frozen_bn"), ("resnet50.IMAGENET1K_V1", 4, "frozen_bn"),
-    ("resnet101", 2, "bn"),
+    pytest.param("resnet101", 2, "bn", marks=pytest.mark.slow),
 ])  # fmt: skip
 def test_torchvision_source_loads_into_the_backbone(torch_home: Path, spec: str, last_stage: int, norm: str) -> None:
     reference = cache_torchvision(torch_home, spec)
