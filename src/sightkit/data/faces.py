@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 
 from sightkit._api import export
 from sightkit.data.coco import read_image
-from sightkit.ops.align import align_faces
+from sightkit.data.face_augment import FaceAugment, augment_face
+from sightkit.ops.align import align_faces, arcface_template
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: insightface's input normalisation on [0, 1] pixels: ``(x - 0.5) / 0.5``.
@@ -73,8 +74,13 @@ class FaceFolder(Dataset):
         root: the folder of identity folders.
         size: side of the crops (the embedder's ``input_size``).
         landmarks: a landmarks JSON (keys relative to its folder), or ``None``.
-        train: random horizontal flips (insightface's only augmentation).
+        train: random horizontal flips (insightface's only augmentation), and ``augment``.
         files: only these image paths (e.g. the images that ``pairs.txt`` names), else all.
+        augment: one-to-many augmentation before alignment (:func:`~sightkit.data.augment_face`),
+            in training only. Each sample seeds its own ``torch.Generator`` from the global RNG,
+            which the trainer seeds per run and the DataLoader per worker: a run is repeatable.
+            Images without landmarks are taken as aligned crops whose landmarks sit on the
+            ArcFace template.
 
     A sample is ``(crop [3, size, size], {"label": identity index, "index": sample index})``.
 
@@ -90,8 +96,10 @@ class FaceFolder(Dataset):
         landmarks: str | Path | None = None,
         train: bool = False,
         files: Sequence[str | Path] | None = None,
+        augment: FaceAugment | None = None,
     ) -> None:
         self.root = Path(root)
+        self.augment = augment if augment is not None and augment.enabled else None
         if not self.root.is_dir():
             raise FileNotFoundError(f"face folder {str(self.root)!r} does not exist (expected ROOT/NAME/*.png)")
         self.size, self.train = size, train
@@ -123,7 +131,7 @@ class FaceFolder(Dataset):
     ) -> FaceFolder:
         """Face images that are not in identity folders (every label is -1), e.g. for a query."""
         folder = cls.__new__(cls)
-        folder.root, folder.size, folder.train, folder.classes = None, size, False, []
+        folder.root, folder.size, folder.train, folder.classes, folder.augment = None, size, False, [], None
         folder.samples = [(Path(p), -1) for p in files]
         folder.landmarks = read_landmarks(landmarks)
         folder._check_landmarks(landmarks)
@@ -134,7 +142,16 @@ class FaceFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, int]]:
         path, label = self.samples[index]
-        crop = face_crop(read_image(path).as_subclass(Tensor), self.size, self.landmarks.get(str(path.resolve())))
+        image = read_image(path).as_subclass(Tensor)
+        marks = self.landmarks.get(str(path.resolve()))
+        if self.train and self.augment is not None:
+            if marks is None:
+                height, width = image.shape[-2:]
+                # The template in continuous coordinates (+ 0.5), stretched over the image.
+                marks = (arcface_template(112) + 0.5) * torch.tensor([width / 112, height / 112])
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+            image, marks = augment_face(image, marks, self.augment, generator)
+        crop = face_crop(image, self.size, marks)
         if self.train and bool(torch.rand(()) < 0.5):
             crop = crop.flip(-1)
         return normalise_face(crop), {"label": label, "index": index}
