@@ -203,3 +203,16 @@ def test_postprocess_bad_input() -> None:
         vfnet_postprocess(logits, boxes, torch.tensor([8, 8]))
     with pytest.raises(ValueError, match="nms must be one of"):
         vfnet_postprocess(logits, boxes, torch.tensor([[8, 8]]), nms="soft")
+
+
+@pytest.mark.parametrize("refine", [True, False])
+def test_criterion_weighs_exactly_the_losses_it_returns(refine: bool) -> None:
+    """The engine refuses loss weights the criterion does not return: without refinement there
+    is no ``loss_bbox_refine`` to weigh (``model_args='{refine: false}'`` must train)."""
+    torch.manual_seed(0)
+    model = create_model("vfnet_r18_tiny", num_classes=2, refine=refine)
+    criterion = model.build_criterion()
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[8.0, 8.0, 40.0, 48.0]])}]
+    losses = criterion(model(torch.randn(1, 3, 64, 64)), targets)
+    expected = {"loss_cls", "loss_bbox"} | ({"loss_bbox_refine"} if refine else set())
+    assert set(criterion.weight_dict) == set(losses) == expected

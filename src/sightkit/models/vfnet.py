@@ -438,7 +438,10 @@ class VFNet(nn.Module):
     def build_criterion(self, **overrides: Any) -> VFNetCriterion:
         """The criterion this model trains with: :class:`VFNetCriterion` for its ``C`` classes and
         its ``cls_loss``; ``overrides`` go to it. Its ``weight_dict`` holds the loss weights."""
-        return VFNetCriterion(self.num_classes, **{"cls_loss": self.cls_loss, **overrides})
+        criterion = VFNetCriterion(self.num_classes, **{"cls_loss": self.cls_loss, **overrides})
+        if not self.head.refine:  # without refined boxes there is no refined-box loss to weigh
+            del criterion.weight_dict["loss_bbox_refine"]
+        return criterion
 
     @torch.no_grad()
     def postprocess(
