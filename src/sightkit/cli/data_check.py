@@ -1,4 +1,4 @@
-"""``sightkit data check DIR_OR_JSON [key=value ...]``: list every problem of a COCO dataset.
+"""``sightkit data check PATH [key=value ...]``: list every problem of a COCO, YOLO or VOC dataset.
 
 Exit status: 0 when the dataset is clean, 1 when problems were found, 2 when the command
 itself cannot run (a bad setting, a path that does not exist).
@@ -19,7 +19,7 @@ from sightkit.data.check import PROBLEM_KINDS, check_dataset
 @dataclass
 class CheckConfig:
     images: str | None = field(
-        default=None, metadata={"help": "folder the JSON file_name values are relative to (default: found)"}
+        default=None, metadata={"help": "COCO: folder the JSON file_name values are relative to (default: found)"}
     )
     decode: bool = field(default=True, metadata={"help": "fully decode images to find truncation (false: headers)"})
     workers: int = field(default=8, metadata={"help": "threads that open images"})
@@ -28,10 +28,15 @@ class CheckConfig:
 
 
 def check(
-    path: Annotated[str, typer.Argument(help="a COCO JSON file, or a folder with annotations/*.json and images")],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="a COCO JSON file or folder (annotations/*.json), a YOLO data.yaml or its folder, a Pascal VOC folder"
+        ),
+    ],
     settings: Annotated[list[str] | None, typer.Argument(help="key=value settings (listed below)")] = None,
 ) -> None:
-    """Check a COCO dataset (detection or keypoints) and its images; report every problem."""
+    """Check a COCO, YOLO or Pascal VOC dataset (detection or keypoints) and its images; report every problem."""
     console = Console()
     try:
         config = build_config(CheckConfig, settings or [])

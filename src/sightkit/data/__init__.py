@@ -7,6 +7,7 @@ from sightkit.data import (  # noqa: F401  (for their @export declarations)
     coco,
     collate,
     faces,
+    formats,
     preflight,
     segmentation,
     sources,
@@ -14,6 +15,7 @@ from sightkit.data import (  # noqa: F401  (for their @export declarations)
     topdown,
     transforms,
     voc,
+    yolo,
 )
 
 __all__ = build_namespace(__name__, globals())

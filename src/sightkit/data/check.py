@@ -1,10 +1,13 @@
-"""Check a COCO dataset (detection or keypoints) and its image files, reporting every problem.
+"""Check a detection or keypoints dataset (COCO, YOLO or Pascal VOC) and its image files, reporting every problem.
 
 :func:`check_dataset` reads each annotation JSON once and validates every record, then opens
 every image in a thread pool (Pillow releases the GIL while decoding): the header gives the
 size cheaply, and a full decode finds truncated or corrupt files. Nothing stops at the first
 problem; each one is reported with the file to look at and the record it concerns, so a
 dataset can be fixed in one pass. ``sightkit data check DIR_OR_JSON`` prints the report.
+YOLO and VOC datasets are read split by split into COCO records (:func:`sightkit.data.load_split`),
+reporting the label lines and XML files that cannot be read; the records then get the same
+checks, with each problem pointing at the label file line or XML object it came from.
 
 No library does this whole job: pycocotools / faster-coco-eval index a JSON but assume it is
 valid, and torchvision's datasets fail on the first bad sample, deep inside a data loader.
@@ -28,10 +31,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sightkit._api import export
+from sightkit.data.formats import dataset_splits, detect_layout, load_split
+from sightkit.data.yolo import find_yolo_yaml
 
 #: Every kind of problem :func:`check_dataset` reports, with its meaning.
 PROBLEM_KINDS: dict[str, str] = {
     "bad_json": "the annotation file cannot be read as a COCO dict",
+    "bad_label": "a YOLO label line or a VOC XML file cannot be read (field count, numbers, class index, XML)",
     "bad_record": "a record lacks a required field or has a wrong type",
     "duplicate_id": "an image, annotation or category id is used more than once",
     "missing_file": "an image file named in the JSON does not exist",
@@ -123,12 +129,14 @@ def check_dataset(
     tolerance: float = 0.5,
     progress: bool = True,
 ) -> CheckReport:
-    """Check a COCO-format dataset and its images; report every problem (see ``PROBLEM_KINDS``).
+    """Check a dataset and its images; report every problem (see ``PROBLEM_KINDS``).
 
     Args:
-        path: an annotation JSON, or a dataset folder holding ``annotations/*.json`` (or
-            ``*.json`` at its top level) and the images.
-        images: the folder that the JSON ``file_name`` values are relative to. By default
+        path: an annotation JSON, a dataset folder holding ``annotations/*.json`` (or
+            ``*.json`` at its top level) and the images, a YOLO dataset (its ``.yaml`` or
+            the folder with it) or a Pascal VOC folder (``Annotations/``, ``JPEGImages/``);
+            every split is checked.
+        images: for COCO, the folder that the JSON ``file_name`` values are relative to. By default
             the first of ``images/SPLIT``, ``SPLIT``, ``images`` and the dataset folder that
             holds the first listed image, where the dataset folder is the JSON's folder (its
             parent for ``annotations/``) and ``SPLIT`` is the part of the JSON's name after
@@ -157,11 +165,18 @@ def check_dataset(
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if not (isinstance(tolerance, int | float) and tolerance >= 0):
         raise ValueError(f"tolerance must be a number >= 0 (pixels), got {tolerance!r}")
-    json_files = _annotation_files(path)
-
     report = CheckReport(decoded=decode)
     per_file: list[tuple[list[Problem], list[_ImageJob]]] = []
-    for json_path in json_files:
+    layout = _layout(path)
+    for source, split in _converted_splits(path) if layout in ("yolo", "voc") else []:
+        found: list[Problem] = []
+        coco, image_root = load_split(path, split, problems=lambda *p, into=found: into.append(Problem(*p)))
+        report.sources.append((source, image_root))
+        checker = _RecordChecker(source, image_root, tolerance)
+        per_file.append((found + list(checker.check(coco)), checker.image_jobs))
+        report.images += len(coco["images"])
+        report.annotations += len(coco["annotations"])
+    for json_path in [] if layout in ("yolo", "voc") else _annotation_files(path):
         problems, coco = _load_json(json_path)
         if coco is None:
             per_file.append((problems, []))
@@ -186,6 +201,26 @@ class _ImageJob:
     path: Path
     record: str
     size: tuple[int, int] | None  # (width, height) from the JSON, None when the record has none
+
+
+def _layout(path: Path) -> str:
+    """The dataset layout of ``path``; a JSON file or a folder in no known layout is treated as COCO."""
+    if path.is_file() and path.suffix.lower() == ".json":
+        return "coco"
+    try:
+        return detect_layout(path)
+    except FileNotFoundError:
+        return "coco"
+
+
+def _converted_splits(path: Path) -> list[tuple[Path, str]]:
+    """``(file problems are reported against, split)`` for each split of a YOLO or VOC dataset."""
+    splits = dataset_splits(path)
+    if _layout(path) == "yolo":
+        dataset_file = find_yolo_yaml(path)
+        return [(dataset_file or path, split) for split in splits]
+    sets = path / "ImageSets" / "Main"
+    return [(sets / f"{split}.txt" if split != "all" else path / "Annotations", split) for split in splits]
 
 
 def _annotation_files(path: Path) -> list[Path]:
@@ -245,9 +280,11 @@ class _RecordChecker:
         self.image_files: dict[int, str] = {}
         self.keypoint_counts: dict[int, int | None] = {}  # category id -> K (None: not a keypoint category)
         self.category_names: dict[int, str] = {}
+        # The label file or XML an annotation converted from YOLO or VOC came from (its "origin").
+        self.current_file: str | None = None
 
     def problem(self, kind: str, record: str, message: str) -> Problem:
-        return Problem(kind, str(self.json_path), record, message)
+        return Problem(kind, self.current_file or str(self.json_path), record, message)
 
     def check(self, coco: dict[str, Any]) -> Iterator[Problem]:
         yield from self._images(coco["images"])
@@ -310,12 +347,18 @@ class _RecordChecker:
                 continue
             image_id, category_id = record.get("image_id"), record.get("category_id")
             where = label
+            origin = record.get("origin")
+            self.current_file = None
+            if isinstance(origin, str):
+                self.current_file, _, label = origin.rpartition(":")
+                where = label
             size = None
             if image_id not in self.image_sizes:
                 yield self.problem("missing_image", label, f"image_id {image_id!r} is not among the images")
             else:
                 size = self.image_sizes[image_id]
-                where = f"{label} (image id={image_id}, {self.image_files.get(image_id, '?')})"
+                if self.current_file is None:
+                    where = f"{label} (image id={image_id}, {self.image_files.get(image_id, '?')})"
             if category_id not in self.category_names:
                 message = f"category_id {category_id!r} is not among the categories"
                 yield self.problem("unknown_category", where, message)

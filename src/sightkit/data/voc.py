@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,12 +128,15 @@ def voc_to_coco(
     image_set: str | None = None,
     categories: Sequence[str] | None = None,
     one_based: bool = True,
+    problems: Callable[[str, str, str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Convert a Pascal VOC folder to a COCO detection dataset (a JSON-ready dict).
 
     Layout: the VOC devkit layout ``root/Annotations/*.xml`` with images in
     ``root/JPEGImages`` (and image sets in ``root/ImageSets/Main/NAME.txt``), or a flat
-    folder of ``*.xml`` files next to their images.
+    folder of ``*.xml`` files next to their images. When the image an XML names is not
+    there but one with the XML's stem is (tools often leave a stale ``<filename>``), that
+    file is used.
 
     Args:
         root: the VOC folder.
@@ -147,6 +150,10 @@ def voc_to_coco(
             is not listed is an error. By default every name found, sorted, so the ids do
             not depend on file order.
         one_based: see :func:`read_voc`.
+        problems: when given, an unreadable XML file, a missing image set entry, an unlisted
+            class or a size that cannot be found is passed to it as ``(kind, file, record, message)``
+            and left out, and each annotation records ``"origin"`` (``"FILE.xml:object N"``);
+            by default they raise.
 
     Returns:
         A COCO dict with ``images`` (ids 1..N in sorted XML order, ``file_name`` from the
@@ -174,12 +181,24 @@ def voc_to_coco(
             raise FileNotFoundError(f"image_set {image_set!r}: file not found: {set_file}")
         stems = [line.split()[0] for line in set_file.read_text().splitlines() if line.strip()]
         xml_files = [annotation_dir / f"{stem}.xml" for stem in stems]
+        if problems is not None:
+            for missing in [p for p in xml_files if not p.is_file()]:
+                message = f"lists {missing.stem!r} but {missing} does not exist"
+                problems("bad_label", str(set_file), missing.stem, message)
+            xml_files = [p for p in xml_files if p.is_file()]
     else:
         xml_files = sorted(annotation_dir.glob("*.xml"))
     if not xml_files:
         raise ValueError(f"root must contain VOC *.xml files (in {annotation_dir}), found none")
 
-    voc = [read_voc(path, one_based=one_based) for path in xml_files]
+    voc = []
+    for path in xml_files:
+        try:
+            voc.append(read_voc(path, one_based=one_based))
+        except (FileNotFoundError, ValueError) as error:
+            if problems is None:
+                raise
+            problems("bad_label", str(path), "", str(error))
     names = sorted({obj.name for ann in voc for obj in ann.objects}) if categories is None else list(categories)
     if len(set(names)) != len(names):
         raise ValueError(f"categories must be distinct names, got {names}")
@@ -187,30 +206,43 @@ def voc_to_coco(
 
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for image_id, ann in enumerate(voc, start=1):
+    for ann in voc:
+        file_name = _image_file_name(image_dir, ann)
         width, height = ann.width, ann.height
-        if width is None or height is None:
-            width, height = _image_size(image_dir / ann.filename, ann.path)
-        images.append({"id": image_id, "file_name": ann.filename, "width": width, "height": height})
+        try:
+            if width is None or height is None:
+                width, height = _image_size(image_dir / file_name, ann.path)
+        except FileNotFoundError as error:
+            if problems is None:
+                raise
+            problems("missing_file", str(ann.path), "", str(error))
+            continue
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         if not ann.objects:
             continue
         xywh = box_convert(torch.tensor([obj.box for obj in ann.objects], dtype=torch.float64), "xyxy", "xywh")
-        for obj, (x, y, w, h) in zip(ann.objects, xywh.tolist(), strict=True):
+        for index, (obj, (x, y, w, h)) in enumerate(zip(ann.objects, xywh.tolist(), strict=True)):
             if obj.name not in category_id:
-                raise ValueError(f"{ann.path}: class {obj.name!r} is not in categories {names}")
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": category_id[obj.name],
-                    "bbox": [x, y, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                    "ignore": int(obj.difficult),
-                    "difficult": int(obj.difficult),
-                    "truncated": int(obj.truncated),
-                }
-            )
+                message = f"{ann.path}: class {obj.name!r} is not in categories {names}"
+                if problems is None:
+                    raise ValueError(message)
+                problems("unknown_category", str(ann.path), f"object {index}", message)
+                continue
+            annotation = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": category_id[obj.name],
+                "bbox": [x, y, w, h],
+                "area": w * h,
+                "iscrowd": 0,
+                "ignore": int(obj.difficult),
+                "difficult": int(obj.difficult),
+                "truncated": int(obj.truncated),
+            }
+            if problems is not None:
+                annotation["origin"] = f"{ann.path}:object {index}"
+            annotations.append(annotation)
 
     coco = {
         "info": {"description": f"converted from Pascal VOC annotations in {annotation_dir}"},
@@ -285,3 +317,103 @@ def _image_size(image_path: Path, xml_path: Path) -> tuple[int, int]:
         raise FileNotFoundError(f"{xml_path}: <size> is missing and the image is not found at {image_path}")
     with Image.open(image_path) as image:
         return image.size
+
+
+#: Image suffixes looked for when an XML's ``<filename>`` is stale.
+VOC_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _image_file_name(image_dir: Path, ann: VocAnnotation) -> str:
+    """The XML's ``<filename>``, or the image with the XML's stem when the named file is not there."""
+    if (image_dir / ann.filename).is_file():
+        return ann.filename
+    for suffix in VOC_IMAGE_SUFFIXES:
+        for candidate in (ann.path.stem + suffix, ann.path.stem + suffix.upper()):
+            if (image_dir / candidate).is_file():
+                return candidate
+    return ann.filename
+
+
+@export("data.voc_splits")
+def voc_splits(root: str | os.PathLike[str]) -> list[str]:
+    """The image sets of a VOC folder: the ``ImageSets/Main/*.txt`` names without a class prefix
+    (``train``, ``val``, ``trainval``, ``test``, ...; not ``dog_train``), sorted."""
+    folder = Path(root) / "ImageSets" / "Main"
+    return sorted(p.stem for p in folder.glob("*.txt") if "_" not in p.stem) if folder.is_dir() else []
+
+
+@export("data.write_voc")
+def write_voc(
+    out: str | os.PathLike[str],
+    splits: dict[str, tuple[dict[str, Any], Path]],
+    *,
+    place_image: Callable[[Path, Path], None],
+) -> Path:
+    """Write COCO detection splits as a Pascal VOC folder: ``JPEGImages/`` (flat, the images'
+    base names), ``Annotations/<stem>.xml`` (1-based inclusive ``bndbox``, see the module
+    docstring; ``difficult``/``truncated`` from the annotation's flags) and
+    ``ImageSets/Main/<split>.txt``; returns ``out``. Crowd annotations are left out.
+
+    Args:
+        splits: ``{split: (COCO dict, folder its file_name values are relative to)}``.
+        place_image: ``place_image(source, destination)`` puts an image file in the new dataset.
+
+    Raises:
+        ValueError: two different images share a base name (VOC's image folder is flat), or
+            an annotation has keypoints (VOC has none).
+    """
+    out = Path(out)
+    placed: dict[str, Path] = {}
+    for split, (coco, images_root) in splits.items():
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        by_image: dict[int, list[dict[str, Any]]] = {}
+        for annotation in coco["annotations"]:
+            if annotation.get("keypoints") and any(annotation["keypoints"][2::3]):
+                raise ValueError("format=voc: VOC has no keypoints; convert a pose dataset to coco or yolo")
+            if not annotation.get("iscrowd", 0):
+                by_image.setdefault(annotation["image_id"], []).append(annotation)
+        stems = []
+        for image in coco["images"]:
+            source = images_root / image["file_name"]
+            name = Path(image["file_name"]).name
+            if placed.setdefault(name, source) != source:
+                raise ValueError(
+                    f"format=voc: {placed[name]} and {source} would both be JPEGImages/{name} (VOC's folder is flat)"
+                )
+            place_image(source, out / "JPEGImages" / name)
+            xml = _voc_xml(name, image["width"], image["height"], by_image.get(image["id"], []), names)
+            (out / "Annotations").mkdir(parents=True, exist_ok=True)
+            (out / "Annotations" / f"{Path(name).stem}.xml").write_text(xml)
+            stems.append(Path(name).stem)
+        sets = out / "ImageSets" / "Main"
+        sets.mkdir(parents=True, exist_ok=True)
+        (sets / f"{split}.txt").write_text("".join(f"{stem}\n" for stem in stems))
+    return out
+
+
+def _voc_xml(file_name: str, width: int, height: int, annotations: list[dict[str, Any]], names: dict[int, str]) -> str:
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = file_name
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    ET.SubElement(root, "segmented").text = "0"
+    for annotation in annotations:
+        x, y, w, h = annotation["bbox"]
+        element = ET.SubElement(root, "object")
+        ET.SubElement(element, "name").text = names[annotation["category_id"]]
+        ET.SubElement(element, "pose").text = "Unspecified"
+        ET.SubElement(element, "truncated").text = str(int(annotation.get("truncated", 0)))
+        ET.SubElement(element, "difficult").text = str(int(annotation.get("difficult", 0)))
+        box = ET.SubElement(element, "bndbox")
+        # Continuous [x, x + w] is 1-based inclusive xmin = x + 1, xmax = x + w (see the module docstring).
+        for tag, value in (("xmin", x + 1), ("ymin", y + 1), ("xmax", x + w), ("ymax", y + h)):
+            ET.SubElement(box, tag).text = _coordinate(value)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _coordinate(value: float) -> str:
+    # Integers as VOC writes them; sub-pixel values keep 2 decimals (read back with float()).
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}".rstrip("0").rstrip(".")
