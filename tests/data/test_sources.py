@@ -131,6 +131,9 @@ def test_urls_are_fetched_from_loopback(tmp_path: Path, server: str) -> None:
     skipped = []
     assert _frames(f"{server}/missing.png", report=lambda p, r: skipped.append((p, r))) == []
     assert skipped == [(f"{server}/missing.png", "HTTP 404 File not found")]
+    _truncated_jpeg(tmp_path / "cut.jpg")
+    assert _frames(f"{server}/cut.jpg", report=lambda p, r: skipped.append((p, r))) == []
+    assert skipped[-1][0] == f"{server}/cut.jpg" and "truncated JPEG" in skipped[-1][1]
     writer = cv2.VideoWriter(str(tmp_path / "remote.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 24))
     for value in (40, 160):
         writer.write(np.full((24, 32, 3), value, np.uint8))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from sightkit._api import export
-from sightkit.data.coco import ImageReadError, read_image
+from sightkit.data.coco import ImageReadError, image_problem, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 URL_TIMEOUT = 30.0
 """Seconds an http(s) image may take to answer before it counts as unreadable."""
-
-_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
 
 
 @export("data.Frame")
@@ -280,43 +278,20 @@ def _log_skipped(path: str, reason: str) -> None:
 
 @export("data.read_image_array")
 def read_image_array(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 ``[H, W, 3]`` RGB with :func:`~sightkit.data.coco.read_image`,
-    and treat a truncated JPEG as unreadable (libjpeg would fill its missing rows with grey).
+    """Read an image file as uint8 ``[H, W, 3]`` RGB with :func:`~sightkit.data.coco.read_image`
+    (truncated JPEG and PNG files and oversized images are refused, not decoded half grey).
 
     Raises:
         SourceError: the file is not a readable image.
     """
     try:
-        image = read_image(path).permute(1, 2, 0).numpy()
+        return read_image(path).permute(1, 2, 0).numpy()
     except ImageReadError as error:
-        raise SourceError(str(path), str(error).partition(": ")[2] or str(error)) from None
-    with open(path, "rb") as f:
-        head = f.read(2)
-        f.seek(max(0, f.seek(0, 2) - 64))
-        tail = f.read()
-    if head == _JPEG_START and not _ends_jpeg(tail):
-        _strict_jpeg_check(Path(path).read_bytes(), str(path))
-    return image
+        raise SourceError(str(path), _reason(error, path)) from None
 
 
-def _ends_jpeg(tail: bytes) -> bool:
-    # Writers may pad after the end-of-image marker; anything else goes to the strict check.
-    return tail.rstrip(b"\x00\r\n \t").endswith(_JPEG_END)
-
-
-def _strict_jpeg_check(data: bytes, path: str) -> None:
-    """Pillow refuses truncated JPEGs (``LOAD_TRUNCATED_IMAGES`` is off); it accepts data after the end marker."""
-    import io
-
-    from PIL import Image, ImageFile
-
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        return
-    try:
-        with Image.open(io.BytesIO(data)) as pil:
-            pil.load()
-    except (OSError, ValueError) as error:
-        raise SourceError(path, f"truncated or corrupt JPEG ({error})") from None
+def _reason(error: ImageReadError, path: str | Path) -> str:
+    return str(error).removeprefix(f"cannot use image {str(path)!r}: ")
 
 
 def _fetch(url: str, timeout: float) -> bytes:
@@ -330,20 +305,21 @@ def _fetch(url: str, timeout: float) -> bytes:
 
 
 def _decode_bytes(data: bytes, path: str) -> np.ndarray:
-    """Decode an encoded image as :func:`read_image_array` decodes a file (OpenCV, then Pillow)."""
+    """Decode an encoded image with the checks and decoders of :func:`~sightkit.data.coco.read_image`."""
+    from PIL import Image
+
+    header = image_problem(data, Image.MAX_IMAGE_PIXELS or 0)
+    if isinstance(header, str):
+        raise SourceError(path, header)
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
-    if data[:2] == _JPEG_START and not _ends_jpeg(data[-64:]):
-        _strict_jpeg_check(data, path)
     if array is not None:
         return array
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
+    if header is None:
+        raise SourceError(path, "not a readable image (neither OpenCV nor Pillow knows its format)")
     try:
-        with Image.open(io.BytesIO(data)) as pil:
-            return np.array(pil.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+        with header:
+            return np.array(header.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:
         raise SourceError(path, f"not a readable image ({error})") from None
 
 
