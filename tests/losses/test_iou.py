@@ -1,6 +1,7 @@
 """sightkit.losses.iou: the IoU-family losses, their hand-derived backward and their modules."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -310,6 +311,77 @@ def test_double_backward_is_refused() -> None:
     (grad,) = torch.autograd.grad(loss, first, create_graph=True)
     with pytest.raises(RuntimeError, match=r"does not require grad|once_differentiable"):
         grad.sum().backward()
+
+
+# --- the generated (torch.compile) kernels -------------------------------------------------------
+
+
+def _step(kind: str, boxes1: torch.Tensor, boxes2: torch.Tensor, weights: torch.Tensor, fn=None):
+    first, second = boxes1.clone().requires_grad_(), boxes2.clone().requires_grad_()
+    loss = (fn or loss_fn(kind))(first, second)
+    (loss * weights).sum().backward()
+    return loss.detach(), first.grad, second.grad
+
+
+@pytest.mark.slow
+def test_fused_kernels_match_reference_and_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled kernels (forced on at any size) agree with torchvision and with the eager
+    kernels. Compiling takes seconds (20 s with inductor's first import), hence one kind:
+    CIoU, whose kernels go through every part of the geometry that the others use."""
+    kind = "ciou"
+    monkeypatch.setattr(iou_module, "_FUSED_MIN_PAIRS", 1)
+    monkeypatch.setattr(iou_module, "_FUSED_KERNELS", {})
+    monkeypatch.setattr(iou_module, "_FUSED_FAILURES", [])
+    boxes1, boxes2 = mixed_pairs(torch.float32, n=200)
+    weights = torch.rand(len(boxes1))
+    fused = _step(kind, boxes1, boxes2, weights)
+    assert set(iou_module._FUSED_KERNELS) == {iou_module._loss_kernel, iou_module._grad_kernel}
+    assert iou_module._FUSED_FAILURES == []
+    reference = _step(kind, boxes1, boxes2, weights, reference_fn(kind))
+    monkeypatch.setenv("SIGHTKIT_COMPILE", "0")
+    eager = _step(kind, boxes1, boxes2, weights)
+    for ours, expected, plain in zip(fused, reference, eager, strict=True):
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours, plain, rtol=1e-6, atol=1e-6)
+
+
+def _failing_compiled(*args: object) -> None:
+    raise RuntimeError("no compiler here")
+
+
+def test_failed_compilation_falls_back_to_eager_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(iou_module, "_FUSED_MIN_PAIRS", 1)
+    kernels = {iou_module._loss_kernel: _failing_compiled, iou_module._grad_kernel: _failing_compiled}
+    monkeypatch.setattr(iou_module, "_FUSED_KERNELS", kernels)
+    monkeypatch.setattr(iou_module, "_FUSED_FAILURES", [])
+    boxes1, boxes2 = mixed_pairs(torch.float32)
+    weights = torch.rand(len(boxes1))
+    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: no compiler here\)"):
+        first = _step("diou", boxes1, boxes2, weights)
+    assert iou_module._FUSED_FAILURES == ["RuntimeError: no compiler here"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the process stays eager: no second attempt, no second warning
+        second = _step("diou", boxes1, boxes2, weights)
+    reference = _step("diou", boxes1, boxes2, weights, reference_fn("diou"))
+    for fallback, again, expected in zip(first, second, reference, strict=True):
+        torch.testing.assert_close(fallback, expected)
+        torch.testing.assert_close(again, fallback, rtol=0, atol=0)
+
+
+def test_fused_kernels_are_skipped_when_switched_off_small_or_not_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernels = {iou_module._loss_kernel: _failing_compiled, iou_module._grad_kernel: _failing_compiled}
+    monkeypatch.setattr(iou_module, "_FUSED_KERNELS", kernels)
+    monkeypatch.setattr(iou_module, "_FUSED_FAILURES", [])
+    boxes1, boxes2 = mixed_pairs(torch.float32, n=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a call to the failing kernels would warn
+        monkeypatch.setattr(iou_module, "_FUSED_MIN_PAIRS", len(boxes1) + 1)
+        _step("giou", boxes1, boxes2, torch.ones(len(boxes1)))  # below the threshold
+        monkeypatch.setattr(iou_module, "_FUSED_MIN_PAIRS", 1)
+        _step("giou", boxes1.double(), boxes2.double(), torch.ones(len(boxes1)))  # float64
+        monkeypatch.setenv("SIGHTKIT_COMPILE", "0")
+        _step("giou", boxes1, boxes2, torch.ones(len(boxes1)))
+    assert iou_module._FUSED_FAILURES == []
 
 
 # --- modules -----------------------------------------------------------------------------------

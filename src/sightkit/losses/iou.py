@@ -11,10 +11,16 @@ more ``[N]`` intermediates alive until the backward pass, and every elementary o
 one ``torch.autograd.Function``: the forward saves only the two input tensors (and, for
 CIoU, one ``[N]`` tensor, the derivative of ``α v`` by the angle, since its ``atan2`` are
 the dearest part to recompute), and the backward recomputes the rest of the geometry and
-applies the chain rule derived below. Both passes run over blocks of ``_CPU_BLOCK`` pairs,
-so that the temporaries of a block stay in the CPU cache. ``benchmarks/iou_loss.py``
-measures the effect against torchvision: at 1M pairs on one core, 3-6x faster for a
-forward+backward step, with a quarter of the peak memory or less.
+applies the chain rule derived below.
+
+How the passes run. From ``_FUSED_MIN_PAIRS`` float32 pairs up, on the CPU or a CUDA device,
+each pass is one kernel that ``torch.compile`` (inductor) generates from the same code: a
+loop over the pairs with every temporary in registers, OpenMP-parallel C++ over torch's
+intra-op threads on the CPU, Triton on CUDA. It is compiled on first use (seconds; inductor
+caches it on disk), and ``SIGHTKIT_COMPILE=0`` turns it off. Otherwise, and for the process
+after a failed compilation (no C++ compiler, no Triton), the eager kernels run, on the CPU
+over blocks of ``_CPU_BLOCK`` pairs so that a block's temporaries stay in the cache (one
+core), elsewhere in one go. ``benchmarks/iou_loss.py`` measures both against torchvision.
 
 Notation for one pair: box ``a = (ax1, ay1, ax2, ay2)``, box ``b``; along x the intersection
 width is ``iw = min(ax2, bx2) - max(ax1, bx1)`` and the enclosing width
@@ -50,7 +56,10 @@ References: UnitBox (log IoU loss), Yu et al., ACM MM 2016; GIoU, Rezatofighi et
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+import os
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -62,14 +71,22 @@ from sightkit.ops.boxes import check_box_pairs
 
 IOU_LOSS_MODES = ("linear", "square", "log")
 
-# Pairs per block on the CPU: a block's temporaries (a few dozen columns of 128 KiB) stay in
-# the cache, and the per-operation overhead (a few µs) is paid once per 32k pairs; measured
-# on 1M pairs, 8k-pair blocks were 1.5x slower and 64k-128k no faster. 32768 is also torch's
-# intra-op grain size, so each operation runs on one thread: the loss uses one core, and
-# does not fight for cores (OpenMP threads on an oversubscribed machine were up to 10x
-# slower). Other devices run one block: their kernels stream from fast memory, and a
-# launch per block would cost more than it saves.
+# Pairs per block of the eager kernels on the CPU: a block's temporaries (a few dozen columns
+# of 128 KiB) stay in the cache, and the per-operation overhead (a few µs) is paid once per
+# 32k pairs; measured on 1M pairs, 8k-pair blocks were 1.5x slower and 64k-128k no faster.
+# 32768 is also torch's intra-op grain size, so each operation runs on one thread: the eager
+# kernels use one core, because blocks of 32k pairs per thread (an OpenMP fork and join per
+# operation, some 60 per block) were 4x slower at 2 threads on a loaded 2-core machine.
+# Using every core is the generated kernels' job (below). Other devices run one block: their
+# kernels stream from fast memory, and a launch per block would cost more than it saves.
 _CPU_BLOCK = 32768
+# From this many pairs on (four blocks, ~10 ms a step on one core) the kernels are compiled
+# by torch.compile into a few fused loops that split the pairs over every intra-op thread;
+# below it, compiling (seconds, once per process) would cost more than it saves.
+_FUSED_MIN_PAIRS = 1 << 17
+_FUSED_KERNELS: dict[Callable[..., object], Callable[..., object]] = {}  # eager kernel -> compiled
+_FUSED_FAILURES: list[str] = []  # why compilation failed, if it did: the process stays eager
+_Result = TypeVar("_Result")
 _ASPECT_SCALE = 4 / math.pi**2
 
 
@@ -152,30 +169,30 @@ def _aspect(pairs: _Pairs, eps: float) -> tuple[Tensor, Tensor]:
     return v / (v + (1 + eps) - pairs.iou), dtheta
 
 
-def _loss_block(a: Tensor, b: Tensor, kind: str, eps: float, out: Tensor, aspect_slope: Tensor | None) -> None:
-    """Write the loss of a block of pairs ``[n, 4]`` into ``out`` ``[n]``, and for CIoU
-    ``∂(α v)/∂θa = 8α/π² (θa - θb)`` into ``aspect_slope`` ``[n]``, for the backward."""
+def _loss_kernel(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor | None]:
+    """The loss ``[n]`` of pairs ``[n, 4]``, and for CIoU ``∂(α v)/∂θa = 8α/π² (θa - θb)``
+    ``[n]``, which the backward reuses (None for the other kinds)."""
     pairs = _pairs(a, b, kind, eps)
     iou = pairs.iou
+    aspect_slope = None
     if kind == "linear":
-        torch.sub(1, iou, out=out)
-    elif kind == "square":
-        torch.sub(1, iou.square(), out=out)
-    elif kind == "log":
-        torch.neg(iou.clamp(min=eps).log_(), out=out)
-    elif kind == "giou":
+        return 1 - iou, None
+    if kind == "square":
+        return 1 - iou.square(), None
+    if kind == "log":
+        return iou.clamp(min=eps).log_().neg_(), None
+    if kind == "giou":
         area_c = pairs.x.enclosing * pairs.y.enclosing
         penalty = (area_c + eps - pairs.union_eps).div_(area_c.add_(eps))  # (C - U) / (C + eps)
-        torch.sub(penalty.add_(1), iou, out=out)
     else:
         diagonal_sq = torch.addcmul(pairs.x.enclosing.square(), pairs.y.enclosing, pairs.y.enclosing).add_(eps)
         dx, dy = _centre_offset(pairs.x), _centre_offset(pairs.y)
         penalty = torch.addcmul(dx.square_(), dy, dy).div_(diagonal_sq)
         if kind == "ciou":
             alpha, dtheta = _aspect(pairs, eps)
-            torch.mul(alpha, dtheta, out=aspect_slope).mul_(2 * _ASPECT_SCALE)
+            aspect_slope = alpha.mul_(dtheta).mul_(2 * _ASPECT_SCALE)
             penalty.addcmul_(aspect_slope, dtheta, value=0.5)  # α v = slope (θa - θb) / 2
-        torch.sub(penalty.add_(1), iou, out=out)
+    return penalty.add_(1).sub_(iou), aspect_slope
 
 
 def _axis_grads(
@@ -185,13 +202,12 @@ def _axis_grads(
     d_a_side: Tensor,
     d_b_side: Tensor | None,
     d_shift: Tensor | None,
-    out_a: tuple[Tensor, Tensor] | None,
-    out_b: tuple[Tensor, Tensor] | None,
-) -> None:
-    """Write the gradients with respect to the low and high coordinate of each box along one
-    axis, given the loss gradients with respect to the overlap side, the enclosing side, each
-    box's own side, and ``d_shift``, the gradient that a shift of box a's centre gives each of
-    its coordinates (box b's get its negative).
+) -> tuple[tuple[Tensor, Tensor] | None, tuple[Tensor, Tensor] | None]:
+    """The gradients with respect to the low and high coordinate of each box along one axis,
+    ``((a_lo, a_hi), (b_lo, b_hi))``, given the loss gradients with respect to the overlap
+    side, the enclosing side, each box's own side (``d_b_side`` None: box b's are not
+    wanted), and ``d_shift``, the gradient that a shift of box a's centre gives each of its
+    coordinates (box b's get its negative).
 
     With ``σ = sign(a_lo - b_lo)``, ``∂max(a_lo, b_lo)/∂a_lo = (1 + σ) / 2`` and
     ``∂min(a_lo, b_lo)/∂a_lo = (1 - σ) / 2`` (likewise at the high end), so that with
@@ -207,29 +223,33 @@ def _axis_grads(
         half = d_overlap.sub_(d_enclosing).mul_(0.5)
     at_lo = half * axis.lo_gap.sign()
     at_hi = half * axis.hi_gap.sign()
-    if out_a is not None:
+    grads_a = grads_b = None
+    if d_a_side is not None:
         side = d_a_side + mean
-        torch.sub(side.neg() if d_shift is None else d_shift - side, at_lo, out=out_a[0])
-        torch.sub(side if d_shift is None else side.add_(d_shift), at_hi, out=out_a[1])
-    if out_b is not None:
+        lo = side.neg() if d_shift is None else d_shift - side
+        hi = side if d_shift is None else side.add_(d_shift)
+        grads_a = (lo.sub_(at_lo), hi.sub_(at_hi))
+    if d_b_side is not None:
         side = d_b_side.add_(mean)
-        torch.sub(at_lo, side if d_shift is None else side + d_shift, out=out_b[0])
-        torch.add(side if d_shift is None else side.sub_(d_shift), at_hi, out=out_b[1])
+        lo = at_lo.sub_(side if d_shift is None else side + d_shift)
+        hi = at_hi.add_(side if d_shift is None else side.sub_(d_shift))
+        grads_b = (lo, hi)
+    return grads_a, grads_b
 
 
-def _grad_block(
+def _grad_kernel(
     a: Tensor,
     b: Tensor,
     grad: Tensor,
     kind: str,
     eps: float,
     aspect_slope: Tensor | None,
-    out_a: Tensor | None,
-    out_b: Tensor | None,
-) -> None:
-    """Write the gradients of ``sum(grad * loss)`` with respect to ``a`` and ``b`` (blocks
-    ``[n, 4]``) into ``out_a`` and ``out_b``, either of which may be None (not needed).
-    ``aspect_slope`` is what :func:`_loss_block` wrote for CIoU."""
+    need_a: bool,
+    need_b: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """The gradients of ``sum(grad * loss)`` with respect to the pairs ``a`` and ``b``
+    (``[n, 4]`` each; None where ``need_a`` or ``need_b`` is false). ``aspect_slope`` is
+    what :func:`_loss_kernel` returned for CIoU."""
     pairs = _pairs(a, b, kind, eps)
     x, y, iou = pairs.x, pairs.y, pairs.iou
     if kind == "square":
@@ -259,10 +279,9 @@ def _grad_block(
         d_diagonal = torch.addcmul(dx.square_(), dy, dy).mul_(over_diagonal).div_(diagonal_sq).mul_(-2)
         d_enclosing_x, d_enclosing_y = d_diagonal * x.enclosing, d_diagonal.mul_(y.enclosing)
 
-    # box b's side gradients are not needed without out_b, but CIoU adds to them before that is known
-    need_b = out_b is not None or kind == "ciou"
+    # CIoU's gradients of box a need those of box b's sides (the aspect term joins them)
     d_aw, d_ah = d_area * y.a_side, d_area * x.a_side
-    d_bw, d_bh = (d_area * y.b_side, d_area.mul_(x.b_side)) if need_b else (None, None)
+    d_bw, d_bh = (d_area * y.b_side, d_area.mul_(x.b_side)) if need_b or kind == "ciou" else (None, None)
     if kind == "ciou":
         d_theta = aspect_slope * grad  # ∂/∂θa; ∂/∂θb is its negative
         # ∂θ/∂w = h / (w² + h²) and ∂θ/∂h = -w / (w² + h²); the clamp makes a point box's zero
@@ -277,28 +296,86 @@ def _grad_block(
     # ∂inter/∂overlap_x = overlap_y where the boxes overlap (inter > 0), else 0
     d_inter.mul_(pairs.inter.sign())
     d_overlap_x, d_overlap_y = d_inter * y.overlap, d_inter.mul_(x.overlap)
-    cols_a = None if out_a is None else out_a.unbind(-1)
-    cols_b = None if out_b is None else out_b.unbind(-1)
-    _axis_grads(
-        x,
-        d_overlap_x,
-        d_enclosing_x,
-        d_aw,
-        d_bw,
-        d_shift_x,
-        None if cols_a is None else (cols_a[0], cols_a[2]),
-        None if cols_b is None else (cols_b[0], cols_b[2]),
+    x_a, x_b = _axis_grads(x, d_overlap_x, d_enclosing_x, d_aw if need_a else None, d_bw if need_b else None, d_shift_x)
+    y_a, y_b = _axis_grads(y, d_overlap_y, d_enclosing_y, d_ah if need_a else None, d_bh if need_b else None, d_shift_y)
+    grad_a = torch.stack([x_a[0], y_a[0], x_a[1], y_a[1]], dim=-1) if need_a else None
+    grad_b = torch.stack([x_b[0], y_b[0], x_b[1], y_b[1]], dim=-1) if need_b else None
+    return grad_a, grad_b
+
+
+def _fused_wanted(boxes: Tensor) -> bool:
+    """Whether the pairs ``[N, 4]`` go through the generated kernels: float32 (float64 is for
+    checking; half inputs arrive as float32), on the CPU or a CUDA device, from
+    ``_FUSED_MIN_PAIRS`` pairs up, unless ``SIGHTKIT_COMPILE=0`` or compilation failed before,
+    and not while an outer ``torch.compile`` traces the caller (it fuses the eager kernels itself)."""
+    return (
+        boxes.shape[0] >= _FUSED_MIN_PAIRS
+        and boxes.dtype == torch.float32
+        and boxes.device.type in ("cpu", "cuda")
+        and os.environ.get("SIGHTKIT_COMPILE", "1") != "0"
+        and not _FUSED_FAILURES
+        and not torch.compiler.is_compiling()
     )
-    _axis_grads(
-        y,
-        d_overlap_y,
-        d_enclosing_y,
-        d_ah,
-        d_bh,
-        d_shift_y,
-        None if cols_a is None else (cols_a[1], cols_a[3]),
-        None if cols_b is None else (cols_b[1], cols_b[3]),
-    )
+
+
+def _fused(kernel: Callable[..., _Result], *args: object) -> _Result | None:
+    """``kernel(*args)`` as kernels that ``torch.compile`` generates for the whole input (one
+    loop per pass, OpenMP-parallel C++ on the CPU, Triton on CUDA; compiled once per kind and
+    dtype, seconds, and cached on disk by inductor). None if compilation fails, with a
+    warning; the process then keeps to the blocked kernels."""
+    try:
+        if kernel not in _FUSED_KERNELS:
+            _FUSED_KERNELS[kernel] = torch.compile(kernel, dynamic=True)
+        return _FUSED_KERNELS[kernel](*args)
+    except Exception as error:  # no C++ compiler, no Triton, an inductor bug: all leave the eager kernels
+        _FUSED_FAILURES.append(f"{type(error).__name__}: {error}")
+        warnings.warn(
+            f"IoU losses: torch.compile failed ({_FUSED_FAILURES[-1]:.300}); using the blocked eager kernels",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def _losses(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor | None]:
+    """:func:`_loss_kernel` over all pairs, fused or block by block."""
+    if _fused_wanted(a) and (result := _fused(_loss_kernel, a, b, kind, eps)) is not None:
+        return result
+    blocks = _blocks(a.shape[0], a.device)
+    if len(blocks) == 1:
+        return _loss_kernel(a, b, kind, eps)
+    loss = a.new_empty(a.shape[0])
+    aspect_slope = a.new_empty(a.shape[0]) if kind == "ciou" else None
+    for block in blocks:
+        loss[block], slope = _loss_kernel(a[block], b[block], kind, eps)
+        if slope is not None:
+            aspect_slope[block] = slope
+    return loss, aspect_slope
+
+
+def _grads(
+    a: Tensor, b: Tensor, grad: Tensor, kind: str, eps: float, aspect_slope: Tensor | None, need_a: bool, need_b: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`_grad_kernel` over all pairs, fused or block by block."""
+    args = (kind, eps)
+    if _fused_wanted(a):
+        # an expanded gradient (of a sum) has stride 0, which would compile a second kernel
+        result = _fused(_grad_kernel, a, b, grad.contiguous(), *args, aspect_slope, need_a, need_b)
+        if result is not None:
+            return result
+    blocks = _blocks(a.shape[0], a.device)
+    if len(blocks) == 1:
+        return _grad_kernel(a, b, grad, *args, aspect_slope, need_a, need_b)
+    grad_a = torch.empty_like(a) if need_a else None
+    grad_b = torch.empty_like(b) if need_b else None
+    for block in blocks:
+        slope = None if aspect_slope is None else aspect_slope[block]
+        block_a, block_b = _grad_kernel(a[block], b[block], grad[block], *args, slope, need_a, need_b)
+        if need_a:
+            grad_a[block] = block_a
+        if need_b:
+            grad_b[block] = block_b
+    return grad_a, grad_b
 
 
 class _IoUFamilyLoss(torch.autograd.Function):
@@ -306,13 +383,8 @@ class _IoUFamilyLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> Tensor:
-        n = boxes1.shape[0]
-        loss = boxes1.new_empty(n)
+        loss, aspect_slope = _losses(boxes1, boxes2, kind, eps)
         # CIoU's angles (two atan2 per pair) are the dearest part to recompute; one [N] is kept
-        aspect_slope = boxes1.new_empty(n) if kind == "ciou" else None
-        for block in _blocks(n, boxes1.device):
-            slope = None if aspect_slope is None else aspect_slope[block]
-            _loss_block(boxes1[block], boxes2[block], kind, eps, loss[block], slope)
         ctx.save_for_backward(boxes1, boxes2, aspect_slope)
         ctx.kind, ctx.eps = kind, eps
         return loss
@@ -321,19 +393,8 @@ class _IoUFamilyLoss(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         boxes1, boxes2, aspect_slope = ctx.saved_tensors
-        grad1 = torch.empty_like(boxes1) if ctx.needs_input_grad[0] else None
-        grad2 = torch.empty_like(boxes2) if ctx.needs_input_grad[1] else None
-        for block in _blocks(boxes1.shape[0], boxes1.device):
-            _grad_block(
-                boxes1[block],
-                boxes2[block],
-                grad[block],
-                ctx.kind,
-                ctx.eps,
-                None if aspect_slope is None else aspect_slope[block],
-                None if grad1 is None else grad1[block],
-                None if grad2 is None else grad2[block],
-            )
+        need_a, need_b = ctx.needs_input_grad[:2]
+        grad1, grad2 = _grads(boxes1, boxes2, grad, ctx.kind, ctx.eps, aspect_slope, need_a, need_b)
         return grad1, grad2, None, None
 
 
