@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -217,3 +218,75 @@ def test_the_hub_configuration_is_detr_r50(tmp_path: Path) -> None:
     ours = build(converted)
     assert len(converted.state) == len(ours.state_dict())
     compare(ours, model)
+
+
+def peer_detections(model: torch.nn.Module, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' own post-processing of its DETR on an RGB uint8 image (ImageNet normalisation,
+    no resizing: the image already has the imported size): boxes ``[N, 4]`` xyxy pixels, scores ``[N]``."""
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    pixels = ((torch.from_numpy(image).float() / 255 - mean) / std).permute(2, 0, 1)[None]
+    processor = transformers.DetrImageProcessor()
+    with torch.no_grad():
+        outputs = model(pixel_values=pixels, pixel_mask=torch.ones(1, *image.shape[:2], dtype=torch.long))
+    (found,) = processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=[image.shape[:2]])
+    return found["boxes"], found["scores"]
+
+
+def max_box_difference(ours: np.ndarray, our_scores: np.ndarray, boxes: torch.Tensor, scores: torch.Tensor) -> float:
+    """Largest pixel difference between each of our boxes and the peer's box of the same score
+    (random weights give near-equal scores, so the order alone could pair different queries)."""
+    assert len(ours) == len(boxes)
+    worst = 0.0
+    for box, score in zip(ours, our_scores, strict=True):
+        same = (scores - float(score)).abs() < 1e-4
+        assert same.any()
+        worst = max(worst, (boxes[same] - torch.as_tensor(box)).abs().amax(1).min().item())
+    return worst
+
+
+def test_imported_weights_predict_the_peers_boxes(peer: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
+    """`sightkit weights import` then `sightkit predict detect` (the CLI) and `sightkit.load`:
+    the boxes of transformers' post_process_object_detection."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import sightkit
+    from sightkit.cli.app import app
+
+    model, folder = peer
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "image.png")
+    boxes, scores = peer_detections(model, image)
+    weights = tmp_path / "detr.safetensors"
+    runner = CliRunner()
+    result = runner.invoke(app, ["weights", "import", str(folder), f"out={weights}", "imgsz=64", "max_size=96"])
+    assert result.exit_code == 0, result.output
+    assert "detr/transformers" in result.output and "detr_r50" in result.output
+    args = [
+        f"weights={weights}",
+        f"source={tmp_path / 'image.png'}",
+        f"out={tmp_path / 'pred'}",
+        "conf=0",
+        "device=cpu",
+    ]
+    result = runner.invoke(app, ["predict", "detect", *args])
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    xywh = np.array([r["bbox"] for r in records])
+    cli_boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    # The CLI rounds to 0.01 pixel and scores to 1e-4.
+    assert max_box_difference(cli_boxes, np.array([r["score"] for r in records]), boxes, scores) < 0.011
+    (found,) = sightkit.load(weights, device="cpu")(image, conf=0.0)
+    assert max_box_difference(np.asarray(found.boxes), np.asarray(found.scores), boxes, scores) < 1e-3
+
+
+def test_weights_list_names_every_family() -> None:
+    from typer.testing import CliRunner
+
+    from sightkit.cli.weights import weights_app
+
+    result = CliRunner().invoke(weights_app, ["list"])
+    assert result.exit_code == 0
+    for text in ("hf:facebook/detr-resnet-50", "detr-r50-e632da11.pth", "torchvision:resnet50.IMAGENET1K_V1",
+                 "insightface", "rle/regressflow", "Apache-2.0"):  # fmt: skip
+        assert text in result.output

@@ -15,7 +15,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from sightkit.config import ConfigError, build_config, config_help
 
@@ -63,10 +62,16 @@ def import_command(
 
 @weights_app.command(name="list")
 def list_command() -> None:
-    """Print every known public checkpoint with its family, model and licence."""
+    """Print every known public checkpoint with its family, model and licence, one per line."""
     from sightkit.weights import list_sources
 
-    table = Table("source", "family", "model", "what", "licence")
-    for known in list_sources():
-        table.add_row(known.source, known.family, known.model, known.what, known.licence)
-    Console(soft_wrap=True).print(table)
+    known = list_sources()
+    rows = [("source", "family", "model", "what", "licence")]
+    rows += [(k.source, k.family, k.model, k.what, k.licence) for k in known]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    console = Console(soft_wrap=True, highlight=False)
+    for row in rows:
+        # Lines are never wrapped, so that each source stays on one line that grep finds.
+        console.print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + row[4], markup=False
+        )

@@ -82,7 +82,7 @@ KNOWN_SOURCES: tuple[KnownSource, ...] = (
         "rle/regressflow",
         "rle_r50",
         "RLE RegressFlow ResNet-50, COCO keypoints",
-        "Apache-2.0",
+        "no licence stated for the weights: check the repository",
     ),
 )
 
