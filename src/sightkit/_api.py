@@ -20,12 +20,15 @@ T = TypeVar("T")
 
 #: Namespaces a public name may live in; the first component of every exported name.
 NAMESPACES = ("ops", "losses", "nn", "models", "data", "eval", "engine", "tasks")
+#: Modules that export top-level names (``@export("sightkit.load")`` is ``sightkit.load``).
+TOP_LEVEL_MODULES = ("sightkit.predictor", "sightkit.results")
 
 _REGISTRY: dict[str, object] = {}
 
 
 def export(*names: str) -> Callable[[T], T]:
-    """Declare ``names`` (``"namespace.symbol"``) as public names of the decorated object.
+    """Declare ``names`` (``"namespace.symbol"``, or ``"sightkit.symbol"`` for a top-level name)
+    as public names of the decorated object.
 
     Raises:
         ValueError: a name has no known namespace, or is already taken by another object.
@@ -34,7 +37,7 @@ def export(*names: str) -> Callable[[T], T]:
         raise ValueError("export() needs at least one name, e.g. @export('ops.box_iou')")
     for name in names:
         namespace, _, symbol = name.partition(".")
-        if namespace not in NAMESPACES or not symbol.isidentifier():
+        if namespace not in (*NAMESPACES, "sightkit") or not symbol.isidentifier():
             raise ValueError(f"export name must be 'namespace.symbol' with namespace in {NAMESPACES}, got {name!r}")
 
     def decorate(obj: T) -> T:

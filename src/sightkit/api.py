@@ -12,7 +12,7 @@ import importlib.util
 import inspect
 from pathlib import Path
 
-from sightkit._api import NAMESPACES, registry
+from sightkit._api import NAMESPACES, TOP_LEVEL_MODULES, registry
 
 GOLDEN_PATH = Path(__file__).resolve().parents[2] / "tests" / "golden" / "public_api.txt"
 
@@ -22,6 +22,10 @@ def import_namespaces() -> list[str]:
     found = []
     for namespace in NAMESPACES:
         module = f"sightkit.{namespace}"
+        if importlib.util.find_spec(module) is not None:
+            getattr(importlib.import_module(module), "__all__", None)  # a lazy namespace imports its modules here
+            found.append(module)
+    for module in TOP_LEVEL_MODULES:
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
             found.append(module)

@@ -1,12 +1,12 @@
 """Typed configs: dataclass defaults, overridden by a YAML file, overridden by ``key=value``.
 
 Every command-line mode describes its settings as a dataclass whose fields carry a
-``help`` text in their metadata::
+``help`` text in their metadata (:func:`setting` writes such a field)::
 
     @dataclass
     class SynthConfig:
-        out: str = field(default="runs/data/shapes", metadata={"help": "output folder"})
-        images: int = field(default=200, metadata={"help": "number of images"})
+        out: str = setting("runs/data/shapes", "output folder")
+        images: int = setting(200, "number of images")
 
     cfg = build_config(SynthConfig, ["images=50", "out=/tmp/x"])
 
@@ -32,6 +32,45 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A setting that does not exist, cannot be parsed, or has the wrong type."""
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
+    """A dataclass field with a default (or, for a list or dict, a ``factory`` such as ``dict``)
+    and the ``help`` text :func:`config_help` prints."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+DEVICE_HELP = "cpu, cuda, cuda:K ('' : cuda if available)"
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """The keys every ``sightkit eval TASK`` shares; a task's eval config subclasses it and
+    redeclares a key to change its default or help."""
+
+    weights: str = setting("", "a .safetensors file written by sightkit train")
+    data: str = setting("", "dataset folder")
+    split: str = setting("val", "split to evaluate")
+    out: str = setting("", "folder for metrics.json and plots ('' : next to weights)")
+    batch: int = setting(8, "images per forward pass")
+    device: str = setting("", DEVICE_HELP)
+    workers: int = setting(0, "DataLoader worker processes")
+
+
+@dataclasses.dataclass
+class PredictConfig:
+    """The keys every ``sightkit predict TASK`` shares (see :class:`EvalConfig`)."""
+
+    weights: str = setting("", "a .safetensors file written by sightkit train")
+    source: str = setting("", "image, folder, glob, video or http(s) URL")
+    out: str = setting("runs/predict", "folder for the pictures (or video) and predictions.jsonl")
+    conf: float = setting(0.5, "keep predictions scoring at least this")
+    batch: int = setting(1, "images per forward pass")
+    device: str = setting("", DEVICE_HELP)
+    on_error: str = setting("skip", "an unreadable file: skip (reported, counted) or stop")
+    save: bool = setting(True, "draw the predictions into pictures (or a video) in out")
 
 
 def parse_pairs(tokens: Sequence[str]) -> dict[str, str]:

@@ -93,12 +93,13 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
         "predict", "detect", f"weights={weights}", f"source={images}", f"out={pred}", "conf=0", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    detections = json.loads((pred / "detections.json").read_text())
-    assert len(detections) == 6 and all(Path(d["picture"]).is_file() for d in detections)
-    for record in detections:
-        for det in record["detections"]:
-            assert det["label"] in {"circle", "square", "triangle", "star", "hexagon"}
-            x1, y1, x2, y2 = det["box"]
+    records = [json.loads(line) for line in (pred / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all((pred / f"{Path(r['path']).stem}.jpg").is_file() for r in records)
+    coco = json.loads((pred / "predictions.json").read_text())
+    assert len(coco) == sum(len(r["boxes"]) for r in records)
+    for record in records:
+        assert set(record["names"]) <= {"circle", "square", "triangle", "star", "hexagon"}
+        for x1, y1, x2, y2 in record["boxes"]:
             assert x1 <= x2 and y1 <= y2
 
     onnx = tmp_path / "model.onnx"

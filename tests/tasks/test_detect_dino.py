@@ -12,18 +12,23 @@ from torchvision import tv_tensors
 from sightkit.data.synthetic.shapes import synthesize_shapes
 from sightkit.losses import DINOCriterion, SetCriterion
 from sightkit.models import create_model, detr_postprocess, dino_postprocess
-from sightkit.tasks.detect import DetectConfig, DetrCollate, build_criterion, postprocess_of, reads_targets
+from sightkit.tasks.detect import DenseCollate, DetrCollate, collate_for
 from tests.tasks.test_detect import sightkit
 
 
-def test_the_task_uses_what_the_model_declares() -> None:
-    config = DetectConfig()
+def test_each_family_declares_its_parts() -> None:
     dino, detr = create_model("dino_r18_tiny", num_classes=3), create_model("detr_r18_tiny", num_classes=3)
-    criterion = build_criterion(dino, 3, config)
+    vfnet = create_model("vfnet_r18_tiny", num_classes=3)
+    criterion = dino.build_criterion()
     assert isinstance(criterion, DINOCriterion) and criterion.aux_layers == 2
-    assert isinstance(build_criterion(detr, 3, config), SetCriterion)
-    assert postprocess_of(dino) is dino_postprocess and postprocess_of(detr) is detr_postprocess
-    assert reads_targets(dino) and not reads_targets(detr)
+    detr_criterion = detr.build_criterion(eos_coef=0.25)
+    assert isinstance(detr_criterion, SetCriterion) and detr_criterion.eos_coef == 0.25
+    assert detr_criterion.aux_layers == len(detr.transformer.decoder_layers) - 1
+    assert dino.postprocess is dino_postprocess and detr.postprocess is detr_postprocess
+    assert dino.reads_targets and not detr.reads_targets and not vfnet.reads_targets
+    assert detr.no_object_class and not dino.no_object_class and not vfnet.no_object_class
+    assert isinstance(collate_for(vfnet), DenseCollate)
+    assert collate_for(dino).with_targets and not collate_for(detr).with_targets
 
 
 def test_collate_hands_the_targets_to_the_model() -> None:
@@ -70,10 +75,10 @@ def test_cli_train_eval_predict_export_dino(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    detections = json.loads((pred / "detections.json").read_text())
+    records = [json.loads(line) for line in (pred / "predictions.jsonl").read_text().splitlines()]
     # Sigmoid top-k over queries x classes: exactly top_k detections per image at conf=0.
-    assert len(detections) == 6 and all(len(record["detections"]) == 7 for record in detections)
-    scores = [det["score"] for det in detections[0]["detections"]]
+    assert len(records) == 6 and all(len(record["boxes"]) == 7 for record in records)
+    scores = records[0]["scores"]
     assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
 
     onnx = tmp_path / "model.onnx"

@@ -17,12 +17,11 @@ from sightkit.data.synthetic.shapes import synthesize_shapes
 from sightkit.engine import save_weights
 from sightkit.losses import SetCriterion, VFNetCriterion
 from sightkit.models import create_model
+from sightkit.tasks.common import build_model
 from sightkit.tasks.detect import (
     DenseCollate,
     DetectConfig,
     DetrCollate,
-    build_criterion,
-    build_model,
     collate_for,
     load_detector,
 )
@@ -46,11 +45,11 @@ def test_dense_collate_keeps_absolute_xyxy_boxes() -> None:
 def test_the_model_family_picks_collation_and_criterion() -> None:
     vfnet = create_model("vfnet_r18_tiny", num_classes=5, cls_loss="focal")
     assert isinstance(collate_for(vfnet), DenseCollate)
-    criterion = build_criterion(vfnet, 5, config=None)
+    criterion = vfnet.build_criterion()
     assert isinstance(criterion, VFNetCriterion) and criterion.cls_loss == "focal"
     detr = create_model("detr_r18_tiny", num_classes=5)
     assert isinstance(collate_for(detr), DetrCollate)
-    assert isinstance(build_criterion(detr, 5, config=type("Config", (), {"eos_coef": 0.1})()), SetCriterion)
+    assert isinstance(detr.build_criterion(eos_coef=0.1), SetCriterion)
 
 
 def sightkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -66,11 +65,13 @@ def test_model_args_reach_the_builder_and_the_weights_file(tmp_path: Path) -> No
     assert build_config(DetectConfig).model_args == {}
     with pytest.raises(ConfigError, match=r"model_args must be a mapping such as .* got refine:false"):
         build_config(DetectConfig, ["model_args=refine:false"])
-    with pytest.raises(ValueError, match=r"model_args \{'colour': 'red'\} do not fit model='vfnet_r18_tiny'"):
-        build_model("vfnet_r18_tiny", 2, {"colour": "red"})
+    with pytest.raises(ValueError, match=r"settings \{'colour': 'red'\} do not fit model='vfnet_r18_tiny'"):
+        build_model("detect", "vfnet_r18_tiny", num_classes=2, colour="red")
+    with pytest.raises(ValueError, match=r"model='rle_r18_tiny' is not a detect model; choose one of .*vfnet_r18_tiny"):
+        build_model("detect", "rle_r18_tiny", num_classes=2)
     # The ablation without refinement has other parameters: the weights file must rebuild it
     # with the same overrides, or loading them strictly fails.
-    model = build_model("vfnet_r18_tiny", 2, {"refine": False, "cls_loss": "focal"})
+    model = build_model("detect", "vfnet_r18_tiny", num_classes=2, refine=False, cls_loss="focal")
     assert not model.head.refine and model.cls_loss == "focal"
     metadata = {
         "task": "detect", "model": "vfnet_r18_tiny", "model_args": json.dumps({"refine": False, "cls_loss": "focal"}),
@@ -111,12 +112,11 @@ def test_cli_train_eval_predict_export_vfnet(tmp_path: Path) -> None:
         "predict", "detect", f"weights={weights}", f"source={data / 'images'}", f"out={pred}", "conf=0", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    detections = json.loads((pred / "detections.json").read_text())
-    assert len(detections) == 4 and all(Path(d["picture"]).is_file() for d in detections)
-    for record in detections:
-        for det in record["detections"]:
-            x1, y1, x2, y2 = det["box"]
-            assert x1 < x2 and y1 < y2 and det["score"] > 0.05  # VFNet's score threshold
+    records = [json.loads(line) for line in (pred / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all((pred / f"{Path(r['path']).stem}.jpg").is_file() for r in records)
+    for record in records:
+        for (x1, y1, x2, y2), score in zip(record["boxes"], record["scores"], strict=True):
+            assert x1 < x2 and y1 < y2 and score > 0.05  # VFNet's score threshold
 
     onnx = tmp_path / "model.onnx"
     result = sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", "imgsz=64", cwd=tmp_path)

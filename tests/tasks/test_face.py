@@ -56,8 +56,7 @@ def test_cli_train_eval_export(faces: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     weights = run / "last.safetensors"
     result = _run(
-        "eval", "face", f"weights={weights}", f"data={faces / 'test'}", f"pairs={faces / 'pairs.txt'}",
-        f"landmarks={faces / 'landmarks.json'}", f"out={tmp_path / 'eval'}",
+        "eval", "face", f"weights={weights}", f"data={faces}", "split=test", f"out={tmp_path / 'eval'}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -103,7 +102,7 @@ def test_load_embedder_refuses_foreign_weights(tmp_path: Path) -> None:
 
 
 def test_unknown_embedder_is_an_error(faces: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="model='detr_r18_tiny' is not a face embedder; choose one of"):
+    with pytest.raises(ValueError, match="model='detr_r18_tiny' is not a face model; choose one of"):
         train(FaceConfig(model="detr_r18_tiny", data=str(faces), out=str(tmp_path)))
 
 
@@ -206,8 +205,8 @@ def test_cli_face_detector(faces: Path, tmp_path: Path) -> None:
         "predict", "face_detect", f"weights={weights}", f"source={scene}", f"out={tmp_path / 'pred'}", "conf=0"
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    (record,) = json.loads((tmp_path / "pred" / "faces.json").read_text())
-    assert record["faces"] and len(record["faces"][0]["landmarks"]) == 5 and Path(record["picture"]).is_file()
+    (record,) = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
+    assert record["boxes"] and len(record["landmarks"][0]) == 5 and (tmp_path / "pred" / f"{scene.stem}.jpg").is_file()
     # The untrained detector's boxes are in the scene's own pixels (its resize undone).
     detector = TrainedFaceDetector(weights, score_threshold=0.0)
     assert detector.detect(torch.zeros(1, 3, 90, 60, dtype=torch.uint8))[0]["boxes"][:, 2].max() < 200

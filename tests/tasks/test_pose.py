@@ -19,11 +19,11 @@ from sightkit.engine.checkpoint import save_weights
 from sightkit.losses import rle_loss
 from sightkit.models import create_model
 from sightkit.ops import render_heatmaps
+from sightkit.tasks.common import build_model
 from sightkit.tasks.pose import (
     PoseConfig,
     PoseCriterion,
     PoseEvalConfig,
-    build_pose_model,
     evaluate,
     load_pose,
     person_scores,
@@ -83,9 +83,9 @@ def test_person_scores_rescore_by_confident_keypoints() -> None:
 
 def test_models_and_weights_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"model='detr_r18_tiny' is not a pose model; choose one of .*rle_r18_tiny"):
-        build_pose_model("detr_r18_tiny", 17)
-    with pytest.raises(ValueError, match="model='rle_r18' is not a registered model"):
-        build_pose_model("rle_r18", 17)
+        build_model("pose", "detr_r18_tiny", num_keypoints=17)
+    with pytest.raises(ValueError, match="model='rle_r18' is not a pose model"):
+        build_model("pose", "rle_r18", num_keypoints=17)
     with pytest.raises(ValueError, match="model must be a pose model"):
         PoseCriterion(torch.nn.Linear(2, 2), SIZE)
     path = tmp_path / "detector.safetensors"
@@ -152,7 +152,7 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
     weights = run / "last.safetensors"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "AP" in [r for r in records if r["kind"] == "val"][-1]
-    loaded = load_pose(weights)
+    loaded = load_pose(weights)  # the predictor that sightkit.load returns
     assert loaded.input_size == SIZE and loaded.keypoint_names[0] == "nose" and (1, 2) in loaded.flip_pairs
 
     result = sightkit("eval", "pose", f"weights={weights}", f"data={data}", f"out={tmp_path / 'eval'}", cwd=tmp_path)
@@ -174,17 +174,22 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
     with_boxes = evaluate(config, Console(file=io.StringIO()))
     assert "PCK" not in with_boxes and -1 <= with_boxes["AP"] <= 1
 
+    # Boxes from a COCO results file as `sightkit predict detect` writes it (file_name, bbox xywh, score).
     image = data / "images" / val["images"][0]["file_name"]
     boxes = tmp_path / "people_boxes.json"
-    boxes.write_text(json.dumps({image.name: [[10, 10, 60, 90, 0.9], [0, 0, 30, 40]]}))
+    rows = [
+        {"file_name": image.name, "bbox": [10, 10, 50, 80], "score": 0.9},
+        {"file_name": image.name, "bbox": [0, 0, 30, 40], "score": 1.0},
+    ]
+    boxes.write_text(json.dumps(rows))
     pred = tmp_path / "pred"
     result = sightkit(
         "predict", "pose", f"weights={weights}", f"source={image}", f"boxes={boxes}", f"out={pred}", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    (record,) = json.loads((pred / "poses.json").read_text())
-    assert Path(record["picture"]).is_file() and len(record["people"]) == 2
-    assert len(record["people"][0]["keypoints"]) == 17 and record["people"][0]["box"] == [10, 10, 60, 90]
+    (record,) = [json.loads(line) for line in (pred / "predictions.jsonl").read_text().splitlines()]
+    assert (pred / f"{image.stem}.jpg").is_file() and len(record["boxes"]) == 2
+    assert len(record["keypoints"][0]) == 17 and record["boxes"][0] == [10, 10, 60, 90]
 
     onnx = tmp_path / "pose.onnx"
     result = sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", cwd=tmp_path)

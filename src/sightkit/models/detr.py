@@ -32,7 +32,9 @@ from torch import Tensor, nn
 from torchvision.ops import MLP
 
 from sightkit._api import export
+from sightkit.losses.set_criterion import SetCriterion
 from sightkit.models.backbones import build_backbone
+from sightkit.models.detr_postprocess import detr_postprocess
 from sightkit.models.registry import register_model
 from sightkit.nn.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from sightkit.nn.transformer import Transformer
@@ -53,7 +55,21 @@ class DETR(nn.Module):
         num_queries: object queries ``Q``, the most objects one image can have.
         position_encoding: ``"sine"`` (fixed, follows the padding mask) or ``"learned"``.
         aux_loss: also return the predictions of every earlier decoder layer.
+
+    What the detection task reads from every detector family (DETR, DINO, VFNet) is declared on
+    its class: :meth:`build_criterion`, :attr:`postprocess`, :attr:`target_box_format` (the boxes
+    of the training targets), :attr:`reads_targets` (``forward`` takes the targets in training)
+    and :attr:`no_object_class` (the criterion weighs a "no object" class, ``eos_coef``).
     """
+
+    #: Training targets' boxes: ``cxcywh`` normalised by the unpadded image size.
+    target_box_format = "cxcywh"
+    #: ``forward`` does not take the targets.
+    reads_targets = False
+    #: The last logit is "no object"; its cross-entropy weight is the criterion's ``eos_coef``.
+    no_object_class = True
+    #: Detections from the outputs: softmax over classes, "no object" left out.
+    postprocess = staticmethod(detr_postprocess)
 
     def __init__(
         self,
@@ -84,6 +100,13 @@ class DETR(nn.Module):
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.aux_loss = aux_loss
+
+    def build_criterion(self, **overrides: Any) -> SetCriterion:
+        """The criterion this model trains with: :class:`SetCriterion` for its ``C`` classes, with
+        one auxiliary loss per earlier decoder layer when ``aux_loss``; ``overrides`` (``eos_coef``,
+        loss weights) go to it."""
+        aux_layers = len(self.transformer.decoder_layers) - 1 if self.aux_loss else 0
+        return SetCriterion(self.num_classes, **{"aux_layers": aux_layers, **overrides})
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict[str, Any]:
         """Detect objects.
@@ -186,14 +209,14 @@ def build_detr(
     )
 
 
-@register_model
+@register_model(task="detect")
 def detr_r50(**overrides: Any) -> DETR:
     """The paper's DETR: ResNet-50 (layer2-4 trained), d_model 256, 8 heads, 6+6 layers, FFN
     2048, 100 queries, dropout 0.1. Keyword arguments override :func:`build_detr`'s settings."""
     return build_detr(**overrides)
 
 
-@register_model
+@register_model(task="detect")
 def detr_r18_tiny(**overrides: Any) -> DETR:
     """A small DETR for CPU training from scratch: ResNet-18 up to layer3 (stride 16, all
     stages trained, ordinary BatchNorm), d_model 128, 4 heads, 2+2 layers, FFN 512, 20 queries (see the module

@@ -183,6 +183,12 @@ class DINO(nn.Module):
 
     #: Detections from the outputs: the sigmoid top-k over queries x classes.
     postprocess = staticmethod(dino_postprocess)
+    #: Training targets' boxes: ``cxcywh`` normalised by the unpadded image size (as DETR's).
+    target_box_format = "cxcywh"
+    #: ``forward`` takes the targets in training (the denoising queries are built from them).
+    reads_targets = True
+    #: Sigmoid classes: no "no object" logit.
+    no_object_class = False
 
     def forward(
         self, images: Tensor, mask: Tensor | None = None, targets: list[dict[str, Tensor]] | None = None
@@ -401,7 +407,7 @@ def build_dino(
     )
 
 
-@register_model
+@register_model(task="detect")
 def dino_r50(**overrides: Any) -> DINO:
     """DINO-4scale: ResNet-50 (layer2-4 trained, frozen BN) read at strides 8/16/32 plus a
     stride-64 level, d_model 256, 8 heads, 6+6 layers, FFN 2048, 900 queries, 4 points, 100
@@ -409,7 +415,7 @@ def dino_r50(**overrides: Any) -> DINO:
     return build_dino(**overrides)
 
 
-@register_model
+@register_model(task="detect")
 def dino_r18_tiny(**overrides: Any) -> DINO:
     """A small DINO for CPU training from scratch, sized like ``detr_r18_tiny``: ResNet-18 up
     to layer3 (all stages trained, ordinary BatchNorm) read at strides 8 and 16, a stride-32

@@ -234,31 +234,31 @@ def _iresnet(layers: tuple[int, ...], **overrides: object) -> IResNet:
     return IResNet(layers=layers, **overrides)  # type: ignore[arg-type]
 
 
-@register_model
+@register_model(task="face")
 def iresnet18(**overrides: object) -> IResNet:
     """IResNet-18: blocks (2, 2, 2, 2), 512-d embedding, 112 x 112 crops."""
     return _iresnet((2, 2, 2, 2), **overrides)
 
 
-@register_model
+@register_model(task="face")
 def iresnet34(**overrides: object) -> IResNet:
     """IResNet-34: blocks (3, 4, 6, 3)."""
     return _iresnet((3, 4, 6, 3), **overrides)
 
 
-@register_model
+@register_model(task="face")
 def iresnet50(**overrides: object) -> IResNet:
     """IResNet-50: blocks (3, 4, 14, 3)."""
     return _iresnet((3, 4, 14, 3), **overrides)
 
 
-@register_model
+@register_model(task="face")
 def iresnet100(**overrides: object) -> IResNet:
     """IResNet-100: blocks (3, 13, 30, 3)."""
     return _iresnet((3, 13, 30, 3), **overrides)
 
 
-@register_model
+@register_model(task="face")
 def iresnet_tiny(**overrides: object) -> IResNet:
     """A narrow IResNet for tests and CPU runs: one block per stage, widths 16-128, 128-d
     embedding, 64 x 64 crops."""
@@ -266,13 +266,13 @@ def iresnet_tiny(**overrides: object) -> IResNet:
     return _iresnet((1, 1, 1, 1), **{**settings, **overrides})
 
 
-@register_model
+@register_model(task="face")
 def mobilefacenet(**overrides: object) -> MobileFaceNet:
     """MobileFaceNet as insightface trains it ("mbf": scale 2, 512-d)."""
     return MobileFaceNet(**overrides)  # type: ignore[arg-type]
 
 
-@register_model
+@register_model(task="face")
 def mobilefacenet_tiny(**overrides: object) -> MobileFaceNet:
     """A small MobileFaceNet for tests: scale 1, blocks (1, 1, 1, 1), 128-d, 64 x 64 crops."""
     settings: dict[str, object] = {"blocks": (1, 1, 1, 1), "scale": 1, "num_features": 128, "input_size": 64}

@@ -121,13 +121,13 @@ def face_detector_postprocess(
     return results
 
 
-@register_model
+@register_model(task="face_detect")
 def face_detector_r18(**overrides: object) -> FaceDetector:
     """:class:`FaceDetector` on ResNet-18 up to ``layer2`` (stride 8), towers of 128 channels."""
     return FaceDetector(**overrides)  # type: ignore[arg-type]
 
 
-@register_model
+@register_model(task="face_detect")
 def face_detector_tiny(**overrides: object) -> FaceDetector:
     """A small :class:`FaceDetector` for tests: ResNet-18 to ``layer2``, one 32-channel convolution per tower."""
     settings: dict[str, object] = {"width": 32, "num_convs": 1}

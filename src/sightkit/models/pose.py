@@ -263,37 +263,37 @@ def build_pose(
 _TINY: dict[str, Any] = {"backbone": "resnet18", "last_stage": 3}
 
 
-@register_model
+@register_model(task="pose")
 def rle_r50(**overrides: Any) -> nn.Module:
     """RLE on ResNet-50 (the paper's COCO model). Keyword arguments override :func:`build_pose`'s."""
     return build_pose(**{"kind": "rle", **overrides})
 
 
-@register_model
+@register_model(task="pose")
 def regress_r50(**overrides: Any) -> nn.Module:
     """Plain L1 regression on ResNet-50, RLE's baseline."""
     return build_pose(**{"kind": "regress", **overrides})
 
 
-@register_model
+@register_model(task="pose")
 def heatmap_r50(**overrides: Any) -> nn.Module:
     """SimpleBaseline on ResNet-50: three 256-channel deconvolution stages, heatmaps at stride 4."""
     return build_pose(**{"kind": "heatmap", **overrides})
 
 
-@register_model
+@register_model(task="pose")
 def rle_r18_tiny(**overrides: Any) -> nn.Module:
     """RLE on ResNet-18 cut after layer3 (256 channels, stride 16), for CPU training."""
     return build_pose(**{"kind": "rle", **_TINY, **overrides})
 
 
-@register_model
+@register_model(task="pose")
 def regress_r18_tiny(**overrides: Any) -> nn.Module:
     """Plain L1 regression on the backbone of :func:`rle_r18_tiny`."""
     return build_pose(**{"kind": "regress", **_TINY, **overrides})
 
 
-@register_model
+@register_model(task="pose")
 def heatmap_r18_tiny(**overrides: Any) -> nn.Module:
     """SimpleBaseline on the backbone of :func:`rle_r18_tiny` with 64-channel stages: heatmaps
     at stride 2 (64x48 for a 128x96 crop)."""

@@ -242,25 +242,25 @@ def build_unet(
     return UNet(_backbone(backbone, backbone_norm), num_classes, upsample, tuple(decoder_channels))
 
 
-@register_model
+@register_model(task="segment")
 def fcn_r50(**overrides: Any) -> FCN:
     """FCN-8s on ResNet-50, deconvolution ×2 steps initialised to bilinear (the paper's)."""
     return build_fcn(**overrides)
 
 
-@register_model
+@register_model(task="segment")
 def fcn_r18_tiny(**overrides: Any) -> FCN:
     """FCN-8s on ResNet-18, for CPU runs and tests."""
     return build_fcn(**{"backbone": "resnet18", **overrides})
 
 
-@register_model
+@register_model(task="segment")
 def unet_r50(**overrides: Any) -> UNet:
     """U-Net decoder (256, 128, 64, 32 channels) on ResNet-50."""
     return build_unet(**overrides)
 
 
-@register_model
+@register_model(task="segment")
 def unet_r18_tiny(**overrides: Any) -> UNet:
     """U-Net decoder (64, 32, 16, 16 channels) on ResNet-18, for CPU runs and tests."""
     return build_unet(**{"backbone": "resnet18", "decoder_channels": (64, 32, 16, 16), **overrides})

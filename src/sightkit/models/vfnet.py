@@ -380,6 +380,10 @@ class VFNet(nn.Module):
 
     #: The box format the criterion's targets are in (the detection task collates accordingly).
     target_box_format = "xyxy"
+    #: ``forward`` does not take the targets (ATSS assignment happens in the criterion).
+    reads_targets = False
+    #: Sigmoid classes: no "no object" logit.
+    no_object_class = False
 
     def __init__(
         self,
@@ -512,14 +516,14 @@ def build_vfnet(
     )
 
 
-@register_model
+@register_model(task="detect")
 def vfnet_r50(**overrides: Any) -> VFNet:
     """The paper's VarifocalNet with ResNet-50 (stem and layer1 frozen, frozen BN), FPN 256,
     3 stacked GN convs, VFL. Keyword arguments override :func:`build_vfnet`'s settings."""
     return build_vfnet(**overrides)
 
 
-@register_model
+@register_model(task="detect")
 def vfnet_r18_tiny(**overrides: Any) -> VFNet:
     """A small VarifocalNet for CPU training from scratch: ResNet-18 with ordinary BatchNorm,
     every stage trained, FPN and head 64 wide, 2 stacked convs, GroupNorm with 16 groups.

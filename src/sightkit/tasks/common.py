@@ -1,18 +1,54 @@
-"""What every task's train, eval and predict commands share: the device setting, the images of
-a ``source=``, and the metadata of a ``.safetensors`` weights file."""
+"""What every task's train, eval and predict commands share: the device setting, the dataset
+files of ``data=``, building a ``model=`` of the task, and the metadata of a ``.safetensors``
+weights file."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import torch
+from torch import nn
+
+from sightkit.models.registry import create_model, list_models
+from sightkit.predictor import resolve_device
+
+__all__ = ["build_model", "dataset_files", "image_paths", "read_metadata", "resolve_device"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``device=`` of the commands: the device it names, or ``cuda`` when there is one and ``cpu`` otherwise."""
-    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def build_model(task: str, name: str, **overrides: Any) -> nn.Module:
+    """``create_model(name, **overrides)`` for a model registered for ``task``, with clear errors
+    for a model of another task and for overrides its builder does not take."""
+    choices = list_models(task)
+    if name not in choices:
+        raise ValueError(f"model={name!r} is not a {task} model; choose one of {', '.join(choices)}")
+    try:
+        return create_model(name, **overrides)
+    except TypeError as error:
+        raise ValueError(f"settings {overrides} do not fit model={name!r}: {error}") from None
+
+
+def dataset_files(data: str | Path, split: str) -> tuple[Path, Path]:
+    """``(images folder, annotation JSON)`` of ``split`` in a COCO-layout dataset folder ``data``
+    (``images/``, ``annotations/<split>.json``).
+
+    Raises:
+        FileNotFoundError: the folder or the JSON is missing (the message lists what is there).
+    """
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data={str(root)!r} is not a folder; make one with `sightkit data synth shapes out={root}` "
+            "or point data= at a folder holding images/ and annotations/<split>.json"
+        )
+    annotations = root / "annotations" / f"{split}.json"
+    if not annotations.is_file():
+        found = sorted(p.name for p in (root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []
+        raise FileNotFoundError(
+            f"no annotations for split {split!r}: {annotations} does not exist (annotations found: {found or 'none'})"
+        )
+    return root / "images", annotations
 
 
 def image_paths(source: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES, argument: str = "source") -> list[Path]:

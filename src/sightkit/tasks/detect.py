@@ -1,11 +1,16 @@
-"""Object detection: DETR-family models (DETR, DINO) on COCO-format data, trained by the engine.
+"""Object detection: DETR-family models (DETR, DINO, VFNet) on COCO-format data, trained by the engine.
 
 One place builds everything a detection run needs from a typed config: the datasets and
-transforms (:mod:`sightkit.data`), the model (:func:`sightkit.models.create_model`), the set
-criterion and its loss weights, the COCO evaluator, and the :class:`~sightkit.engine.Trainer`.
-The command line (``sightkit train|eval|predict detect``, ``sightkit export onnx``) calls
-:func:`train`, :func:`evaluate`, :func:`predict` and (through :mod:`sightkit.tasks.export`)
-:func:`export_spec`.
+transforms (:mod:`sightkit.data`), the model (:func:`sightkit.models.create_model`), its
+criterion and loss weights, the COCO evaluator. :class:`DetectTask` declares them to the task
+registry; the runner (:mod:`sightkit.tasks.runner`) trains, evaluates and predicts, and
+:class:`DetectPredictor` is what :func:`sightkit.load` returns for detection weights.
+
+Every detector family declares on its class what training and inference need (nothing is
+probed here): ``build_criterion(**overrides)``, ``postprocess(pred_logits, pred_boxes, sizes,
+top_k)``, ``target_box_format`` (``cxcywh`` normalised for DETR and DINO, absolute ``xyxy``
+for VFNet), ``reads_targets`` (DINO's denoising queries) and ``no_object_class`` (DETR's
+``eos_coef``).
 
 A dataset is a folder in the layout that ``sightkit data synth`` writes (and that COCO uses)::
 
@@ -14,48 +19,45 @@ A dataset is a folder in the layout that ``sightkit data synth`` writes (and tha
     DATA/annotations/val.json
 
 Weights files (``.safetensors``) carry what is needed to rebuild and use the model in
-their metadata: the task, the model name, the class names and category ids, the input
-size and the normalisation.
+their metadata: the task, the model name and overrides, the class names and category ids,
+the input size and the normalisation.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from torchvision import tv_tensors
 from torchvision.ops import DeformConv2d
 
 from sightkit._api import export
-from sightkit.data.coco import CocoDetection, read_image
+from sightkit.config import EvalConfig, PredictConfig, setting
+from sightkit.data.coco import CocoDetection
 from sightkit.data.collate import collate_detection
 from sightkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, detection_transforms
 from sightkit.engine.checkpoint import load_weights
 from sightkit.engine.data import call_model, to_device
 from sightkit.engine.distributed import unwrap_model
-from sightkit.engine.trainer import TrainConfig, Trainer
+from sightkit.engine.trainer import TrainConfig
 from sightkit.eval.coco import CocoEvaluator
-from sightkit.losses.set_criterion import SetCriterion
-from sightkit.models.detr_postprocess import detr_postprocess
-from sightkit.models.registry import create_model, list_models
 from sightkit.ops.boxes import box_convert
-from sightkit.tasks.common import image_paths, read_metadata, resolve_device
+from sightkit.predictor import Predictor, frame_results, image_tensor, pad_images
+from sightkit.results import Results
+from sightkit.tasks import runner
+from sightkit.tasks.common import build_model, dataset_files
 from sightkit.tasks.export import ExportSpec
+from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
 TASK = "detect"
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @export("tasks.DetectConfig")
@@ -65,78 +67,46 @@ class DetectConfig(TrainConfig):
     DETR's recipe as defaults (AdamW lr 1e-4, backbone lr x0.1, weight decay 1e-4, gradient
     clipping at norm 0.1)."""
 
-    model: str = field(default="detr_r18_tiny", metadata=_help("model name (sightkit.models.list_models())"))
-    model_args: dict[str, Any] = field(
-        default_factory=dict, metadata=_help("builder overrides, e.g. '{cls_loss: focal, refine: false}' (VFNet)")
+    model: str = setting("detr_r18_tiny", "model name (sightkit.models.list_models('detect'))")
+    model_args: dict[str, Any] = setting(  # noqa: RUF009  (a default_factory: each config gets its own dict)
+        help="builder overrides, e.g. '{cls_loss: focal, refine: false}' (VFNet)", factory=dict
     )
-    data: str = field(default="runs/data/shapes", metadata=_help("dataset folder: images/, annotations/*.json"))
-    train_split: str = field(default="train", metadata=_help("annotations/<train_split>.json for training"))
-    val_split: str = field(default="val", metadata=_help("annotations/<val_split>.json for evaluation ('' : none)"))
-    imgsz: int = field(default=320, metadata=_help("shorter image side (the train recipe scales around it)"))
-    max_size: int = field(default=512, metadata=_help("longest image side"))
-    eos_coef: float = field(
-        default=0.1, metadata=_help("weight of the 'no object' class in DETR's cross-entropy (softmax models)")
-    )
-    top_k: int = field(default=100, metadata=_help("detections kept per image at evaluation"))
-    out: str = field(default="runs/detect/train", metadata=_help("run folder (checkpoints, metrics, plots)"))
-    epochs: int = field(default=50, metadata=_help("passes over the training data (0: steps decides)"))
-    batch: int = field(default=8, metadata=_help("global batch of one optimiser step, all processes together"))
-    backbone_lr_mult: float = field(default=0.1, metadata=_help("backbone learning-rate multiplier (DETR: 0.1)"))
-    clip_grad_norm: float = field(default=0.1, metadata=_help("clip gradients to this total norm (0: off)"))
-    best_metric: str = field(default="AP", metadata=_help("metric that picks best.pt"))
-    best_mode: str = field(default="max", metadata=_help("max or min: which way best_metric improves"))
+    data: str = setting("runs/data/shapes", "dataset folder: images/, annotations/*.json")
+    train_split: str = setting("train", "annotations/<train_split>.json for training")
+    val_split: str = setting("val", "annotations/<val_split>.json for evaluation ('' : none)")
+    imgsz: int = setting(320, "shorter image side (the train recipe scales around it)")
+    max_size: int = setting(512, "longest image side")
+    eos_coef: float = setting(0.1, "weight of the 'no object' class in DETR's cross-entropy (softmax models)")
+    top_k: int = setting(100, "detections kept per image at evaluation")
+    out: str = setting("runs/detect/train", "run folder (checkpoints, metrics, plots)")
+    epochs: int = setting(50, "passes over the training data (0: steps decides)")
+    batch: int = setting(8, "global batch of one optimiser step, all processes together")
+    backbone_lr_mult: float = setting(0.1, "backbone learning-rate multiplier (DETR: 0.1)")
+    clip_grad_norm: float = setting(0.1, "clip gradients to this total norm (0: off)")
+    best_metric: str = setting("AP", "metric that picks best.pt")
+    best_mode: str = setting("max", "max or min: which way best_metric improves")
 
 
 @export("tasks.DetectEvalConfig")
 @dataclass
-class DetectEvalConfig:
+class DetectEvalConfig(EvalConfig):
     """Settings of ``sightkit eval detect``."""
 
-    weights: str = field(default="", metadata=_help("a .safetensors file written by sightkit train detect"))
-    data: str = field(default="runs/data/shapes", metadata=_help("dataset folder: images/, annotations/*.json"))
-    split: str = field(default="val", metadata=_help("annotations/<split>.json to evaluate"))
-    out: str = field(default="", metadata=_help("folder for metrics.json and pr_curve.png ('' : next to weights)"))
-    batch: int = field(default=8, metadata=_help("images per forward pass"))
-    top_k: int = field(default=100, metadata=_help("detections kept per image"))
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
-    workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
+    data: str = setting("runs/data/shapes", "dataset folder: images/, annotations/<split>.json")
+    top_k: int = setting(100, "detections kept per image")
 
 
 @export("tasks.DetectPredictConfig")
 @dataclass
-class DetectPredictConfig:
+class DetectPredictConfig(PredictConfig):
     """Settings of ``sightkit predict detect``."""
 
-    weights: str = field(default="", metadata=_help("a .safetensors file written by sightkit train detect"))
-    source: str = field(default="", metadata=_help("an image or a folder of images"))
-    out: str = field(default="runs/detect/predict", metadata=_help("folder for the pictures and detections.json"))
-    conf: float = field(default=0.5, metadata=_help("draw and save detections scoring at least this"))
-    top_k: int = field(default=100, metadata=_help("detections kept per image"))
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
+    out: str = setting("runs/detect/predict", "folder for the pictures, predictions.jsonl and predictions.json")
+    top_k: int = setting(100, "detections kept per image")
+    annotations: str = setting("", "COCO JSON whose image ids predictions.json uses ('' : position in source)")
 
 
 # --------------------------------------------------------------------------- data
-
-
-def dataset_files(data: str | Path, split: str) -> tuple[Path, Path]:
-    """``(images folder, annotation JSON)`` of ``split`` in the dataset folder ``data``.
-
-    Raises:
-        FileNotFoundError: the folder or the JSON is missing (the message lists what is there).
-    """
-    root = Path(data)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"data={str(root)!r} is not a folder; make one with `sightkit data synth shapes out={root}` "
-            "or point data= at a folder holding images/ and annotations/<split>.json"
-        )
-    annotations = root / "annotations" / f"{split}.json"
-    if not annotations.is_file():
-        found = sorted(p.name for p in (root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []
-        raise FileNotFoundError(
-            f"no annotations for split {split!r}: {annotations} does not exist (annotations found: {found or 'none'})"
-        )
-    return root / "images", annotations
 
 
 class DetrCollate:
@@ -219,47 +189,14 @@ def build_datasets(config: DetectConfig) -> tuple[CocoDetection, CocoDetection |
     return train, val
 
 
-# --------------------------------------------------------------------------- model and weights
-
-
-def build_model(name: str, num_classes: int, overrides: dict[str, Any] | None = None) -> nn.Module:
-    """``create_model(name, num_classes=..., **overrides)`` with clear errors for unknown names
-    and for overrides the model's builder does not take."""
-    if name not in list_models():
-        raise ValueError(f"model={name!r} is not a registered model; choose one of {', '.join(list_models())}")
-    try:
-        return create_model(name, num_classes=num_classes, **(overrides or {}))
-    except TypeError as error:
-        raise ValueError(f"model_args {overrides} do not fit model={name!r}: {error}") from None
-
-
-def build_criterion(model: nn.Module, num_classes: int, config: DetectConfig) -> nn.Module:
-    """The model's own criterion when it declares one (``model.build_criterion()``: DINO's
-    varifocal and denoising losses), else DETR's :class:`SetCriterion` (softmax with "no object")."""
-    if callable(getattr(model, "build_criterion", None)):
-        return model.build_criterion()
-    aux_layers = len(model.transformer.decoder_layers) - 1 if getattr(model, "aux_loss", False) else 0
-    return SetCriterion(num_classes, eos_coef=config.eos_coef, aux_layers=aux_layers)
-
-
-def postprocess_of(model: nn.Module) -> Callable[..., list[dict[str, Tensor]]]:
-    """The function that turns ``model``'s outputs into detections: its own ``postprocess``
-    when it declares one (sigmoid models: top-k over queries x classes, :func:`dino_postprocess`),
-    else :func:`detr_postprocess` (softmax over classes and "no object")."""
-    return getattr(unwrap_model(model), "postprocess", detr_postprocess)
-
-
 def collate_for(model: nn.Module) -> DetrCollate | DenseCollate:
-    """The collation ``model`` trains on: :class:`DenseCollate` for models whose targets are
-    absolute ``xyxy`` boxes (``model.target_box_format == "xyxy"``: VFNet), else :class:`DetrCollate`."""
-    if getattr(unwrap_model(model), "target_box_format", "cxcywh") == "xyxy":
+    """The collation ``model`` trains on, as its class declares: :class:`DenseCollate` for absolute
+    ``xyxy`` targets (VFNet), else :class:`DetrCollate` (with the targets among the inputs for
+    models that read them: DINO)."""
+    model = unwrap_model(model)
+    if model.target_box_format == "xyxy":
         return DenseCollate()
-    return DetrCollate(with_targets=reads_targets(model))
-
-
-def reads_targets(model: nn.Module) -> bool:
-    """Whether ``model.forward`` takes the targets (in training: DINO's denoising queries)."""
-    return "targets" in inspect.signature(unwrap_model(model).forward).parameters
+    return DetrCollate(with_targets=model.reads_targets)
 
 
 def weights_metadata(config: DetectConfig, dataset: CocoDetection) -> dict[str, str]:
@@ -275,48 +212,6 @@ def weights_metadata(config: DetectConfig, dataset: CocoDetection) -> dict[str, 
         "mean": json.dumps(list(IMAGENET_MEAN)),
         "std": json.dumps(list(IMAGENET_STD)),
     }
-
-
-@dataclass
-class LoadedDetector:
-    """A model rebuilt from a weights file, with what its metadata says about it."""
-
-    model: nn.Module
-    name: str
-    classes: list[str]
-    category_ids: list[int]
-    imgsz: int
-    max_size: int
-    mean: list[float]
-    std: list[float]
-
-
-def load_detector(weights: str | Path, device: torch.device | str = "cpu") -> LoadedDetector:
-    """Rebuild the model that wrote ``weights`` and load them.
-
-    Raises:
-        ValueError: the file was not written by ``sightkit train detect`` or does not fit
-            the model its metadata names.
-    """
-    meta = read_metadata(weights)
-    if meta.get("task") != TASK or "model" not in meta:
-        raise ValueError(
-            f"weights={str(weights)!r} were not written by `sightkit train detect` (their metadata: "
-            f"task={meta.get('task')!r}, model={meta.get('model')!r})"
-        )
-    classes = json.loads(meta["classes"])
-    model = build_model(meta["model"], len(classes), json.loads(meta.get("model_args", "{}")))
-    load_weights(model, weights)
-    return LoadedDetector(
-        model=model.to(device).eval(),
-        name=meta["model"],
-        classes=classes,
-        category_ids=json.loads(meta["category_ids"]),
-        imgsz=int(meta["imgsz"]),
-        max_size=int(meta["max_size"]),
-        mean=json.loads(meta["mean"]),
-        std=json.loads(meta["std"]),
-    )
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -339,7 +234,7 @@ class CocoEvaluate:
         evaluator = CocoEvaluator(self.annotations, "bbox", self.category_ids)
         device = next(model.parameters()).device
         task = progress.add_task("evaluating", total=len(loader)) if progress is not None else None
-        postprocess = postprocess_of(model)
+        postprocess = unwrap_model(model).postprocess
         for inputs, targets in loader:
             outputs = call_model(model, to_device(inputs, device))
             sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
@@ -353,152 +248,59 @@ class CocoEvaluate:
         return evaluator.compute()
 
 
-# --------------------------------------------------------------------------- the four modes
+# --------------------------------------------------------------------------- the predictor
 
 
-@export("tasks.train_detect")
-def train(config: DetectConfig) -> dict[str, float]:
-    """Train a detector as ``config`` says; returns the last evaluation's metrics.
+@export("tasks.DetectPredictor")
+class DetectPredictor(Predictor):
+    """Detection weights, called on images: ``Results`` with ``boxes`` (``xyxy`` pixels of the
+    original image), ``scores``, ``labels``, ``names`` and ``category_ids``.
 
-    Writes ``config.out``: ``config.yaml``, ``metrics.jsonl``, checkpoints, ``last.safetensors``
-    and ``best.safetensors`` (with the metadata :func:`load_detector` reads) and ``curves.png``.
+    Options: ``conf`` (keep detections scoring at least this, default 0.5) and ``top_k`` (most
+    detections per image, 100). Images are resized as in evaluation (shorter side ``imgsz``,
+    longer at most ``max_size``), padded to a multiple of 32 with a padding mask.
     """
-    train_set, val_set = build_datasets(config)
-    num_classes = len(train_set.categories)
-    torch.manual_seed(config.seed)  # the Trainer seeds after the model exists: seed= fixes its initialisation too
-    model = build_model(config.model, num_classes, config.model_args)
-    criterion = build_criterion(model, num_classes, config)
-    evaluate_fn = None
-    if val_set is not None:
-        evaluate_fn = CocoEvaluate(val_set.annotation_file, val_set.category_map.category_ids, config.top_k)
-    elif config.best_metric == "AP":
-        config.best_metric, config.best_mode = "val_loss", "min"
-    trainer = Trainer(
-        model,
-        criterion,
-        train_set,
-        config,
-        loss_weights=criterion.weight_dict,
-        val_data=val_set,
-        collate_fn=collate_for(model),
-        evaluate=evaluate_fn,
-        weights_metadata=weights_metadata(config, train_set),
-    )
-    return trainer.fit()
 
+    task = TASK
+    options: ClassVar[dict[str, Any]] = {"conf": 0.5, "top_k": 100}
 
-@export("tasks.evaluate_detect")
-def evaluate(config: DetectEvalConfig, console: Console | None = None) -> dict[str, float]:
-    """COCO box AP/AR of a weights file on a dataset split; writes ``metrics.json``,
-    ``per_class_ap.json`` and ``pr_curve.png`` to ``config.out`` and prints the tables."""
-    console = console or Console()
-    device = resolve_device(config.device)
-    detector = load_detector(config.weights, device)
-    images, annotations = dataset_files(config.data, config.split)
-    transforms = detection_transforms(
-        "eval", size=detector.imgsz, max_size=detector.max_size, mean=detector.mean, std=detector.std
-    )
-    dataset = CocoDetection(images, annotations, transforms)
-    if list(dataset.category_map.category_ids) != detector.category_ids:
-        raise ValueError(
-            f"the weights were trained on category ids {detector.category_ids}, but {annotations} has "
-            f"{list(dataset.category_map.category_ids)}"
+    def __init__(self, model: nn.Module, metadata: dict[str, str], device: Any = None) -> None:
+        super().__init__(model, metadata, device)
+        self.names = self.classes = json.loads(metadata["classes"])
+        self.category_ids: list[int] = json.loads(metadata["category_ids"])
+        self.imgsz, self.max_size = int(metadata["imgsz"]), int(metadata["max_size"])
+        self.mean, self.std = json.loads(metadata["mean"]), json.loads(metadata["std"])
+        self.transforms = detection_transforms(
+            "eval", size=self.imgsz, max_size=self.max_size, mean=self.mean, std=self.std
         )
-    loader = DataLoader(
-        dataset, batch_size=config.batch, num_workers=config.workers, collate_fn=collate_for(detector.model)
-    )
-    evaluate_fn = CocoEvaluate(annotations, detector.category_ids, config.top_k)
-    with Progress(console=console, transient=True) as progress:
-        metrics = evaluate_fn(detector.model, loader, progress)
-    out = Path(config.out) if config.out else Path(config.weights).parent / f"eval_{config.split}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    evaluator = evaluate_fn.last
-    assert evaluator is not None  # set by the call above
-    per_class = evaluator.per_class_ap()
-    (out / "per_class_ap.json").write_text(json.dumps(per_class, indent=2))
-    evaluator.plot_precision_recall(out / "pr_curve.png")
-    table = Table(title=f"COCO box metrics, {len(dataset)} images of {annotations.name}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}")
-    console.print(table)
-    console.print(evaluator.per_class_table())
-    console.print(f"wrote {out / 'metrics.json'}, {out / 'per_class_ap.json'} and {out / 'pr_curve.png'}")
-    return metrics
+
+    def preprocess(self, frames: Sequence[Any], settings: dict[str, Any]) -> dict[str, Tensor]:
+        images = [self.transforms(tv_tensors.Image(image_tensor(f))).as_subclass(Tensor) for f in frames]
+        batch, mask = pad_images(images)
+        sizes = torch.tensor([f.image.shape[:2] for f in frames])
+        return {"images": batch.to(self.device), "mask": mask.to(self.device), "sizes": sizes.to(self.device)}
+
+    def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.model(inputs["images"], inputs["mask"])
+
+    def postprocess(
+        self, outputs: dict[str, Tensor], inputs: dict[str, Tensor], frames: Sequence[Any], settings: dict[str, Any]
+    ) -> list[Results]:
+        found = self.model.postprocess(
+            outputs["pred_logits"], outputs["pred_boxes"], inputs["sizes"], top_k=settings["top_k"]
+        )
+        results = []
+        for frame, detections in zip(frames, found, strict=True):
+            keep = detections["scores"] >= settings["conf"]
+            picked = {key: value[keep] for key, value in detections.items()}
+            results.append(frame_results(frame, TASK, self.names, category_ids=self.category_ids, **picked))
+        return results
 
 
-@export("tasks.predict_detect")
-def predict(config: DetectPredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
-    """Detect objects in an image or a folder of images; draws each picture with its boxes,
-    labels and scores into ``config.out`` and writes ``detections.json`` (boxes ``xyxy`` in
-    pixels of the original image)."""
-    from sightkit.tasks.draw import draw_detections
-
-    console = console or Console()
-    device = resolve_device(config.device)
-    detector = load_detector(config.weights, device)
-    paths = image_paths(config.source)
-    transforms = detection_transforms(
-        "eval", size=detector.imgsz, max_size=detector.max_size, mean=detector.mean, std=detector.std
-    )
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
-    postprocess = postprocess_of(detector.model)
-    with Progress(console=console, transient=True) as progress, torch.no_grad():
-        task = progress.add_task("predicting", total=len(paths))
-        for path in paths:
-            image = read_image(path)
-            height, width = image.shape[-2:]
-            tensor = transforms(image).as_subclass(Tensor)[None].to(device)
-            outputs = detector.model(tensor)
-            sizes = torch.tensor([[height, width]], device=device)
-            (found,) = postprocess(outputs["pred_logits"], outputs["pred_boxes"], sizes, top_k=config.top_k)
-            keep = found["scores"] >= config.conf
-            found = {k: v[keep].cpu() for k, v in found.items()}
-            names = [detector.classes[i] for i in found["labels"].tolist()]
-            picture = out / f"{path.stem}.jpg"
-            draw_detections(image, found["boxes"], names, found["scores"], picture)
-            records.append(
-                {
-                    "image": str(path),
-                    "picture": str(picture),
-                    "detections": [
-                        {"label": name, "category_id": detector.category_ids[label], "score": score, "box": box}
-                        for name, label, score, box in zip(
-                            names,
-                            found["labels"].tolist(),
-                            [round(s, 4) for s in found["scores"].tolist()],
-                            [[round(c, 2) for c in b] for b in found["boxes"].tolist()],
-                            strict=True,
-                        )
-                    ],
-                }
-            )
-            progress.advance(task)
-    (out / "detections.json").write_text(json.dumps(records, indent=2))
-    total = sum(len(r["detections"]) for r in records)
-    console.print(f"{total} detections in {len(paths)} images; pictures and detections.json in [bold]{out}[/]")
-    return records
-
-
-def export_spec(weights: str | Path, imgsz: int = 0) -> ExportSpec:
-    """What ``sightkit export onnx`` needs for detection weights: the model reduced to its final
-    outputs, example inputs ``images`` [1,3,S,S] (normalised) and ``mask`` [1,S,S], and the
-    dynamic axes (batch, height, width). Deformable convolutions (VFNet) need ONNX opset 19."""
-    detector = load_detector(weights)
-    side = imgsz or detector.imgsz
-    batch, height, width = torch.export.Dim("batch", max=64), torch.export.Dim("height"), torch.export.Dim("width")
-    return ExportSpec(
-        module=OnnxDetr(detector.model),
-        name=detector.name,
-        inputs={"images": torch.randn(1, 3, side, side), "mask": torch.zeros(1, side, side, dtype=torch.bool)},
-        output_names=["pred_logits", "pred_boxes"],
-        dynamic_shapes={"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}},
-        min_opset=19 if any(isinstance(m, DeformConv2d) for m in detector.model.modules()) else 18,
-    )
+@export("tasks.load_detector")
+def load_detector(weights: str | Path, device: torch.device | str = "cpu") -> DetectPredictor:
+    """:func:`sightkit.load` for detection weights (a clear error for other files)."""
+    return runner.load_for(DETECT, weights, device)
 
 
 class OnnxDetr(nn.Module):
@@ -511,3 +313,96 @@ class OnnxDetr(nn.Module):
     def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         outputs = self.model(images, mask)
         return outputs["pred_logits"], outputs["pred_boxes"]
+
+
+# --------------------------------------------------------------------------- the task
+
+
+class DetectTask(Task):
+    """Object detection (``sightkit train|eval|predict detect``)."""
+
+    name = TASK
+    summary = "boxes and classes of objects (DETR, DINO, VFNet)"
+    train_config = DetectConfig
+    eval_config = DetectEvalConfig
+    predict_config = DetectPredictConfig
+
+    def training_parts(self, config: DetectConfig) -> TrainingParts:
+        train_set, val_set = build_datasets(config)
+        num_classes = len(train_set.categories)
+        model = build_model(TASK, config.model, num_classes=num_classes, **config.model_args)
+        criterion = model.build_criterion(**({"eos_coef": config.eos_coef} if model.no_object_class else {}))
+        evaluate = None
+        if val_set is not None:
+            evaluate = CocoEvaluate(val_set.annotation_file, val_set.category_map.category_ids, config.top_k)
+        return TrainingParts(
+            model, criterion, train_set, val_set, collate_for(model), evaluate,
+            weights_metadata(config, train_set), loss_weights=criterion.weight_dict,
+        )  # fmt: skip
+
+    def load(self, weights: str | Path, metadata: dict[str, str], device: Any) -> DetectPredictor:
+        classes = json.loads(metadata["classes"])
+        overrides = json.loads(metadata.get("model_args", "{}"))
+        model = build_model(TASK, metadata["model"], num_classes=len(classes), **overrides)
+        return DetectPredictor(load_weights(model, weights), metadata, device)
+
+    def eval_plan(self, config: DetectEvalConfig, predictor: DetectPredictor) -> EvalPlan:
+        images, annotations = dataset_files(config.data, config.split)
+        dataset = CocoDetection(images, annotations, predictor.transforms)
+        if list(dataset.category_map.category_ids) != predictor.category_ids:
+            raise ValueError(
+                f"the weights were trained on category ids {predictor.category_ids}, but {annotations} has "
+                f"{list(dataset.category_map.category_ids)}"
+            )
+        evaluate = CocoEvaluate(annotations, predictor.category_ids, config.top_k)
+
+        def report(out: Path, console: Console) -> list[str]:
+            evaluator = evaluate.last
+            (out / "per_class_ap.json").write_text(json.dumps(evaluator.per_class_ap(), indent=2))
+            evaluator.plot_precision_recall(out / "pr_curve.png")
+            console.print(evaluator.per_class_table())
+            return ["per_class_ap.json", "pr_curve.png"]
+
+        title = f"COCO box metrics, {len(dataset)} images of {annotations.name}"
+        return EvalPlan(dataset, collate_for(predictor.model), evaluate, title, report, f"eval_{config.split}")
+
+    def predict_options(self, config: DetectPredictConfig) -> dict[str, Any]:
+        return {"top_k": config.top_k}
+
+    def export_spec(self, predictor: DetectPredictor, imgsz: int = 0) -> ExportSpec:
+        """The model reduced to its final outputs, example inputs ``images`` [1,3,S,S] (normalised)
+        and ``mask`` [1,S,S], dynamic batch, height and width. Deformable convolutions (VFNet)
+        need ONNX opset 19."""
+        side = imgsz or predictor.imgsz
+        batch, height, width = torch.export.Dim("batch", max=64), torch.export.Dim("height"), torch.export.Dim("width")
+        return ExportSpec(
+            module=OnnxDetr(predictor.model),
+            name=predictor.name,
+            inputs={"images": torch.randn(1, 3, side, side), "mask": torch.zeros(1, side, side, dtype=torch.bool)},
+            output_names=["pred_logits", "pred_boxes"],
+            dynamic_shapes={"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}},
+            min_opset=19 if any(isinstance(m, DeformConv2d) for m in predictor.model.modules()) else 18,
+        )
+
+
+DETECT = register_task(DetectTask())
+
+
+@export("tasks.train_detect")
+def train(config: DetectConfig) -> dict[str, float]:
+    """Train a detector as ``config`` says (:func:`sightkit.tasks.runner.train`)."""
+    return runner.train(DETECT, config)
+
+
+@export("tasks.evaluate_detect")
+def evaluate(config: DetectEvalConfig, console: Console | None = None) -> dict[str, float]:
+    """COCO box AP/AR of a weights file on a dataset split; writes ``metrics.json``,
+    ``per_class_ap.json`` and ``pr_curve.png`` and prints the tables."""
+    return runner.evaluate(DETECT, config, console)
+
+
+@export("tasks.predict_detect")
+def predict(config: DetectPredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
+    """Detect objects in ``config.source`` (:func:`sightkit.tasks.runner.predict`); writes the
+    pictures, ``predictions.jsonl`` and the COCO results ``predictions.json``."""
+    return runner.predict(DETECT, config, console)

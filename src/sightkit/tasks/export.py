@@ -1,16 +1,16 @@
 """``sightkit export onnx weights=...``: export any task's trained model to ONNX.
 
-The weights file's metadata names its task; that task's module gives an :class:`ExportSpec`
-(the module to trace, example inputs, output names, dynamic axes) through its
-``export_spec(weights, imgsz)`` function. The export uses torch's dynamo exporter, and
-onnxruntime's outputs are compared with PyTorch's on the example inputs.
+The weights file's metadata names its task; :func:`sightkit.load` rebuilds the model and the
+task (from the registry) gives an :class:`ExportSpec` (the module to trace, example inputs,
+output names, dynamic axes) through ``Task.export_spec(predictor, imgsz)``. The export uses
+torch's dynamo exporter, and onnxruntime's outputs are compared with PyTorch's on the
+example inputs.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from sightkit._api import export
-
-#: Tasks whose module (``sightkit.tasks.<task>``) has an ``export_spec`` function.
-EXPORTABLE_TASKS = ("detect", "pose", "face", "segment")
+from sightkit.config import setting
 
 
 @export("tasks.ExportConfig")
@@ -29,11 +27,11 @@ EXPORTABLE_TASKS = ("detect", "pose", "face", "segment")
 class ExportConfig:
     """Settings of ``sightkit export onnx``."""
 
-    weights: str = field(default="", metadata={"help": "a .safetensors file written by sightkit train"})
-    out: str = field(default="", metadata={"help": "the .onnx file ('' : next to weights)"})
-    opset: int = field(default=18, metadata={"help": "ONNX opset version (>= 18 with the dynamo exporter)"})
-    imgsz: int = field(default=0, metadata={"help": "height and width of the example input (0: the training size)"})
-    check: bool = field(default=True, metadata={"help": "compare onnxruntime's outputs with PyTorch's"})
+    weights: str = setting("", "a .safetensors file written by sightkit train")
+    out: str = setting("", "the .onnx file ('' : next to weights)")
+    opset: int = setting(18, "ONNX opset version (>= 18 with the dynamo exporter)")
+    imgsz: int = setting(0, "height and width of the example input (0: the training size)")
+    check: bool = setting(True, "compare onnxruntime's outputs with PyTorch's")
 
 
 @dataclass
@@ -58,17 +56,20 @@ class ExportSpec:
     min_opset: int = 18
 
 
-def task_of(weights: str | Path) -> str:
-    """The task named in a weights file's metadata (a clear error for files without one)."""
-    from sightkit.tasks.common import read_metadata
+def export_spec(weights: str | Path, imgsz: int = 0) -> ExportSpec:
+    """The :class:`ExportSpec` of any task's weights file (its task's ``export_spec``).
 
-    task = read_metadata(weights).get("task")
-    if task not in EXPORTABLE_TASKS:
-        raise ValueError(
-            f"weights={str(weights)!r} do not name a task sightkit can export (metadata task={task!r}; "
-            f"known: {', '.join(EXPORTABLE_TASKS)}); use a file written by `sightkit train`"
-        )
-    return task
+    Raises:
+        ValueError: the file names no task, or one that cannot be exported.
+    """
+    from sightkit.predictor import load
+    from sightkit.tasks.registry import get_task
+
+    predictor = load(weights, "cpu")
+    task = get_task(predictor.task)
+    if not task.exportable:
+        raise ValueError(f"weights={str(weights)!r} are {task.name} weights, which sightkit cannot export to ONNX")
+    return task.export_spec(predictor, imgsz)
 
 
 @export("tasks.export_onnx")
@@ -78,8 +79,7 @@ def export_onnx(config: ExportConfig, console: Console | None = None) -> Path:
     console = console or Console()
     if config.opset < 18:
         raise ValueError(f"opset must be >= 18 for torch's dynamo ONNX exporter, got {config.opset}")
-    task = task_of(config.weights)
-    spec: ExportSpec = importlib.import_module(f"sightkit.tasks.{task}").export_spec(config.weights, config.imgsz)
+    spec = export_spec(config.weights, config.imgsz)
     out = Path(config.out) if config.out else Path(config.weights).with_suffix(".onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
     opset = max(config.opset, spec.min_opset)
@@ -97,7 +97,7 @@ def export_onnx(config: ExportConfig, console: Console | None = None) -> Path:
         output_names=spec.output_names,
         dynamic_shapes=spec.dynamic_shapes,
     )
-    console.print(f"exported {spec.name} ({task}) to [bold]{out}[/] in {time.perf_counter() - start:.1f} s")
+    console.print(f"exported {spec.name} to [bold]{out}[/] in {time.perf_counter() - start:.1f} s")
     if config.check:
         difference = onnx_parity(spec, out)
         console.print(f"onnxruntime vs PyTorch: max |difference| {difference:.2e}")

@@ -13,43 +13,55 @@ Training sees aligned crops with random flips; the model is the embedder followe
 :class:`~sightkit.losses.PartialFC` classifier whose centres are sharded over the ranks
 under ``torchrun``. Evaluation embeds the pair images (flip-averaged) and reports the
 10-fold accuracy, the ROC's area and TAR at FAR. The weights file holds the embedder and
-the classifier; :func:`load_embedder` rebuilds the embedder alone from its metadata.
+the classifier; :class:`FaceTask` (the task registry's entry) rebuilds the embedder alone
+into a :class:`FacePredictor` (``sightkit.load``), which embeds the faces of images: every
+face a face detector finds (``detector=``), else the whole image as an aligned crop.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from sightkit._api import export
-from sightkit.data.faces import FACE_MEAN, FACE_STD, FaceFolder, collate_faces, pair_files, read_lfw_pairs
+from sightkit.config import EvalConfig, PredictConfig, setting
+from sightkit.data.faces import (
+    FACE_MEAN,
+    FACE_STD,
+    FaceFolder,
+    collate_faces,
+    face_crop,
+    normalise_face,
+    pair_files,
+    read_lfw_pairs,
+)
 from sightkit.engine.checkpoint import load_model_state
-from sightkit.engine.distributed import all_gather_object, init_distributed
-from sightkit.engine.trainer import TrainConfig, Trainer
+from sightkit.engine.distributed import all_gather_object
+from sightkit.engine.trainer import TrainConfig
 from sightkit.eval.face import kfold_accuracy, plot_roc, roc_curve, tar_at_far
 from sightkit.losses.partial_fc import PartialFC, exclude_from_ddp
 from sightkit.models.face import embed_faces
-from sightkit.models.registry import create_model, list_models
-from sightkit.tasks.common import read_metadata, resolve_device
+from sightkit.ops.align import align_faces
+from sightkit.predictor import Predictor, frame_results, image_tensor
+from sightkit.results import Results
+from sightkit.tasks import runner
+from sightkit.tasks.common import build_model
 from sightkit.tasks.export import ExportSpec
+from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
 TASK = "face"
 #: FAR targets reported in the evaluation metrics (those the number of impostor pairs allows).
 REPORTED_FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @export("tasks.FaceConfig")
@@ -59,48 +71,51 @@ class FaceConfig(TrainConfig):
     insightface's recipe as defaults (SGD lr 0.1, momentum 0.9, weight decay 5e-4, ArcFace
     s = 64, m = 0.5, embedding 512)."""
 
-    model: str = field(default="iresnet18", metadata=_help("embedder (iresnet18/34/50/100, mobilefacenet, *_tiny)"))
-    data: str = field(default="runs/data/faces/recognition", metadata=_help("folder with train/, test/, pairs.txt"))
-    train_dir: str = field(default="train", metadata=_help("identity folders for training, inside data"))
-    val_dir: str = field(default="test", metadata=_help("identity folders of the pairs' images, inside data"))
-    pairs: str = field(default="pairs.txt", metadata=_help("LFW pairs file inside data ('' : no evaluation)"))
-    landmarks: str = field(
-        default="landmarks.json", metadata=_help("landmarks JSON inside data ('' : crops are aligned)")
-    )
-    imgsz: int = field(default=0, metadata=_help("side of the aligned crops (0: the model's input size)"))
-    embedding: int = field(default=0, metadata=_help("embedding size (0: the model's, 512 or 128 for *_tiny)"))
-    scale: float = field(default=64.0, metadata=_help("margin softmax scale s"))
-    m1: float = field(default=1.0, metadata=_help("SphereFace multiplicative angular margin (1: none)"))
-    m2: float = field(default=0.5, metadata=_help("ArcFace additive angular margin, radians"))
-    m3: float = field(default=0.0, metadata=_help("CosFace additive cosine margin (e.g. 0.4 with m2=0)"))
-    sample_rate: float = field(default=1.0, metadata=_help("Partial FC: fraction of class centres per step"))
-    flip: bool = field(default=True, metadata=_help("add the mirrored crop's embedding at evaluation"))
-    out: str = field(default="runs/face/train", metadata=_help("run folder (checkpoints, metrics, plots)"))
-    epochs: int = field(default=20, metadata=_help("passes over the training data (0: steps decides)"))
-    batch: int = field(default=128, metadata=_help("global batch of one optimiser step, all processes together"))
-    lr: float = field(default=0.1, metadata=_help("base learning rate"))
-    optimizer: str = field(default="sgd", metadata=_help("sgd or adamw"))
-    weight_decay: float = field(default=5e-4, metadata=_help("weight decay (none on norms and biases)"))
-    best_metric: str = field(default="accuracy", metadata=_help("metric that picks best.pt"))
-    best_mode: str = field(default="max", metadata=_help("max or min: which way best_metric improves"))
+    model: str = setting("iresnet18", "embedder (iresnet18/34/50/100, mobilefacenet, *_tiny)")
+    data: str = setting("runs/data/faces/recognition", "folder with train/, test/, pairs.txt")
+    train_dir: str = setting("train", "identity folders for training, inside data")
+    val_dir: str = setting("test", "identity folders of the pairs' images, inside data")
+    pairs: str = setting("pairs.txt", "LFW pairs file inside data ('' : no evaluation)")
+    landmarks: str = setting("landmarks.json", "landmarks JSON inside data ('' : crops are aligned)")
+    imgsz: int = setting(0, "side of the aligned crops (0: the model's input size)")
+    embedding: int = setting(0, "embedding size (0: the model's, 512 or 128 for *_tiny)")
+    scale: float = setting(64.0, "margin softmax scale s")
+    m1: float = setting(1.0, "SphereFace multiplicative angular margin (1: none)")
+    m2: float = setting(0.5, "ArcFace additive angular margin, radians")
+    m3: float = setting(0.0, "CosFace additive cosine margin (e.g. 0.4 with m2=0)")
+    sample_rate: float = setting(1.0, "Partial FC: fraction of class centres per step")
+    flip: bool = setting(True, "add the mirrored crop's embedding at evaluation")
+    out: str = setting("runs/face/train", "run folder (checkpoints, metrics, plots)")
+    epochs: int = setting(20, "passes over the training data (0: steps decides)")
+    batch: int = setting(128, "global batch of one optimiser step, all processes together")
+    lr: float = setting(0.1, "base learning rate")
+    optimizer: str = setting("sgd", "sgd or adamw")
+    weight_decay: float = setting(5e-4, "weight decay (none on norms and biases)")
+    best_metric: str = setting("accuracy", "metric that picks best.pt")
+    best_mode: str = setting("max", "max or min: which way best_metric improves")
 
 
 @export("tasks.FaceEvalConfig")
 @dataclass
-class FaceEvalConfig:
+class FaceEvalConfig(EvalConfig):
     """Settings of ``sightkit eval face``: verification on LFW-style pairs."""
 
-    weights: str = field(default="", metadata=_help("a .safetensors file written by sightkit train face"))
-    data: str = field(default="runs/data/faces/recognition/test", metadata=_help("identity folders of the pairs"))
-    pairs: str = field(default="runs/data/faces/recognition/pairs.txt", metadata=_help("LFW pairs.txt"))
-    landmarks: str = field(
-        default="runs/data/faces/recognition/landmarks.json", metadata=_help("landmarks JSON ('' : aligned crops)")
-    )
-    out: str = field(default="", metadata=_help("folder for metrics.json and roc.png ('' : next to weights)"))
-    batch: int = field(default=64, metadata=_help("crops per forward pass"))
-    flip: bool = field(default=True, metadata=_help("add the mirrored crop's embedding"))
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
-    workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
+    data: str = setting("runs/data/faces/recognition", "folder with the pairs' identity folders and pairs.txt")
+    split: str = setting("test", "identity folders of the pairs' images, inside data")
+    pairs: str = setting("pairs.txt", "LFW pairs.txt, inside data (or an absolute path)")
+    landmarks: str = setting("landmarks.json", "landmarks JSON, inside data ('' : the images are aligned crops)")
+    batch: int = setting(64, "crops per forward pass")
+    flip: bool = setting(True, "add the mirrored crop's embedding")
+
+
+@export("tasks.FacePredictConfig")
+@dataclass
+class FacePredictConfig(PredictConfig):
+    """Settings of ``sightkit predict face``: embeddings of the faces of images."""
+
+    out: str = setting("runs/face/predict", "folder for the pictures and predictions.jsonl (embeddings)")
+    detector: str = setting("", "face_detect weights that find the faces ('' : each image is an aligned crop)")
+    flip: bool = setting(True, "add the mirrored crop's embedding")
 
 
 # --------------------------------------------------------------------------- model
@@ -126,14 +141,11 @@ def margin_criterion(loss: Tensor, targets: Any) -> dict[str, Tensor]:
 
 
 def build_embedder(name: str, embedding: int = 0, imgsz: int = 0) -> nn.Module:
-    """``create_model(name)`` with the embedding size and crop side when given (0: the model's)."""
-    if name not in list_models() or not name.startswith(("iresnet", "mobilefacenet")):
-        choices = [n for n in list_models() if n.startswith(("iresnet", "mobilefacenet"))]
-        raise ValueError(f"model={name!r} is not a face embedder; choose one of {', '.join(choices)}")
+    """The face model ``name`` with the embedding size and crop side when given (0: the model's)."""
     overrides = {"num_features": embedding} if embedding else {}
     if imgsz:
         overrides["input_size"] = imgsz
-    return create_model(name, **overrides)
+    return build_model(TASK, name, **overrides)
 
 
 def weights_metadata(config: FaceConfig, embedder: nn.Module, num_classes: int) -> dict[str, str]:
@@ -148,42 +160,6 @@ def weights_metadata(config: FaceConfig, embedder: nn.Module, num_classes: int) 
         "classes": str(num_classes),
         "margins": json.dumps({"scale": config.scale, "m1": config.m1, "m2": config.m2, "m3": config.m3}),
     }
-
-
-@dataclass
-class LoadedEmbedder:
-    """An embedder rebuilt from a weights file, in eval mode, with its crop side."""
-
-    model: nn.Module
-    name: str
-    imgsz: int
-    mean: list[float]
-    std: list[float]
-
-
-@export("tasks.load_embedder")
-def load_embedder(weights: str | Path, device: torch.device | str = "cpu") -> LoadedEmbedder:
-    """Rebuild the embedder of a ``sightkit train face`` weights file (the classifier is left out).
-
-    Raises:
-        ValueError: the file was not written by ``sightkit train face`` or does not fit the
-            model its metadata names.
-    """
-    from safetensors.torch import load_file
-
-    meta = read_metadata(weights)
-    if meta.get("task") != TASK or "model" not in meta or meta.get("kind", "embedder") != "embedder":
-        raise ValueError(
-            f"weights={str(weights)!r} were not written by `sightkit train face` (their metadata: "
-            f"task={meta.get('task')!r}, model={meta.get('model')!r})"
-        )
-    model = build_embedder(meta["model"], int(meta["embedding"]), int(meta["imgsz"]))
-    prefix = "embedder."
-    state = {k[len(prefix) :]: v for k, v in load_file(str(weights)).items() if k.startswith(prefix)}
-    load_model_state(model, state, what=str(weights))
-    return LoadedEmbedder(
-        model.to(device).eval(), meta["model"], int(meta["imgsz"]), json.loads(meta["mean"]), json.loads(meta["std"])
-    )
 
 
 def _inside(data: str, name: str) -> str | None:
@@ -245,7 +221,7 @@ def verification_metrics(scores: Tensor, same: Tensor, folds: Tensor | int = 10)
     return metrics
 
 
-# --------------------------------------------------------------------------- the modes
+# --------------------------------------------------------------------------- data
 
 
 def build_datasets(config: FaceConfig, imgsz: int) -> tuple[FaceFolder, FaceFolder | None, PairEvaluate | None]:
@@ -266,76 +242,93 @@ def build_datasets(config: FaceConfig, imgsz: int) -> tuple[FaceFolder, FaceFold
     return train, val, PairEvaluate(indices, same, folds, config.flip)
 
 
-@export("tasks.train_face")
-def train(config: FaceConfig) -> dict[str, float]:
-    """Train a face embedder as ``config`` says; returns the last evaluation's metrics.
+# --------------------------------------------------------------------------- the predictor
 
-    Writes ``config.out`` like every ``sightkit train`` run; ``best.safetensors`` is picked by
-    the pairs' 10-fold accuracy (``best_metric=accuracy``).
+
+@export("tasks.FacePredictor")
+class FacePredictor(Predictor):
+    """Face embedder weights, called on images: ``Results.embeddings`` ``[N, D]`` (L2-normalised)
+    of the faces a face detector finds (with their ``boxes``, ``scores`` and ``landmarks``), or
+    of the whole image taken as one aligned crop (no detector; score 1).
+
+    Options:
+        conf: the detector's lowest face score (default 0.5).
+        detector: a face_detect :class:`~sightkit.Predictor` or its weights file (None: none).
+        flip: add the mirrored crop's embedding (insightface's flip test; default True).
     """
-    # Join the process group first: PartialFC reads its rank and shard when it is built.
-    init_distributed(config.device)
-    # The Trainer seeds every RNG (seed + rank) only after the model exists: seed the
-    # initialisation here, the same on every rank. The head then samples its centres from the
-    # global RNG, which checkpoints hold per rank, so a resumed run draws the same samples.
-    torch.manual_seed(config.seed)
-    embedder = build_embedder(config.model, config.embedding, config.imgsz)
-    train_set, val_set, evaluate_fn = build_datasets(config, embedder.input_size)
-    num_classes = len(train_set.classes)
-    head = PartialFC(
-        embedder.num_features, num_classes, config.sample_rate, config.scale, config.m1, config.m2, config.m3
-    )
-    if val_set is None and config.best_metric == "accuracy":
-        config.best_metric, config.best_mode = "val_loss", "min"
-    trainer = Trainer(
-        FaceTrainer(embedder, head),
-        margin_criterion,
-        train_set,
-        config,
-        val_data=val_set,
-        collate_fn=collate_faces,
-        evaluate=evaluate_fn,
-        weights_metadata=weights_metadata(config, embedder, num_classes),
-    )
-    return trainer.fit()
+
+    task = TASK
+    options: ClassVar[dict[str, Any]] = {"conf": 0.5, "detector": None, "flip": True}
+
+    def __init__(self, model: nn.Module, metadata: dict[str, str], device: Any = None) -> None:
+        super().__init__(model, metadata, device)
+        self.imgsz = int(metadata["imgsz"])
+        self.mean, self.std = json.loads(metadata["mean"]), json.loads(metadata["std"])
+        self.names = ["face"]
+        self._detectors: dict[str, Predictor] = {}
+
+    def settings(self, **given: Any) -> dict[str, Any]:
+        settings = super().settings(**given)
+        detector = settings["detector"]
+        if isinstance(detector, str | Path) and str(detector):
+            if str(detector) not in self._detectors:
+                self._detectors[str(detector)] = runner.load_for(runner.get_task("face_detect"), detector, self.device)
+            settings["detector"] = self._detectors[str(detector)]
+        return settings
+
+    def preprocess(self, frames: Sequence[Any], settings: dict[str, Any]) -> dict[str, Any]:
+        detector = settings["detector"]
+        if not detector:
+            crops = torch.stack([face_crop(image_tensor(f), self.imgsz, None) for f in frames])
+            return {"crops": normalise_face(crops, self.mean, self.std).to(self.device), "faces": None}
+        faces = detector.predict_frames(frames, detector.settings(conf=settings["conf"]))
+        crops = []
+        for frame, found in zip(frames, faces, strict=True):
+            landmarks = torch.from_numpy(found.landmarks).double() - 0.5  # alignment puts pixel centres at integers
+            image = image_tensor(frame)[None].float()
+            crops.append(align_faces(image, landmarks, self.imgsz, torch.zeros(len(landmarks), dtype=torch.long))[0])
+        crops = torch.cat(crops) if crops else torch.zeros(0, 3, self.imgsz, self.imgsz)
+        return {"crops": normalise_face(crops, self.mean, self.std).to(self.device), "faces": faces}
+
+    def forward(self, inputs: dict[str, Any]) -> Tensor:
+        if not len(inputs["crops"]):
+            return inputs["crops"].new_zeros(0, self.model.num_features)
+        return embed_faces(self.model, inputs["crops"], flip=inputs.get("flip", True))
+
+    def predict_frames(self, frames: Sequence[Any], settings: dict[str, Any]) -> list[Results]:
+        inputs = self.preprocess(frames, settings)
+        inputs["flip"] = settings["flip"]
+        with torch.inference_mode():
+            return self.postprocess(self.forward(inputs), inputs, frames, settings)
+
+    def postprocess(
+        self, outputs: Tensor, inputs: dict[str, Any], frames: Sequence[Any], settings: dict[str, Any]
+    ) -> list[Results]:
+        if inputs["faces"] is None:
+            return [frame_results(frame, TASK, [], embeddings=outputs[i : i + 1]) for i, frame in enumerate(frames)]
+        results, start = [], 0
+        for frame, found in zip(frames, inputs["faces"], strict=True):
+            end = start + len(found.scores)
+            results.append(
+                frame_results(
+                    frame,
+                    TASK,
+                    self.names,
+                    boxes=found.boxes,
+                    scores=found.scores,
+                    labels=found.labels,
+                    landmarks=found.landmarks,
+                    embeddings=outputs[start:end],
+                )
+            )
+            start = end
+        return results
 
 
-def _metrics_table(metrics: dict[str, float], title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}")
-    return table
-
-
-@export("tasks.evaluate_face")
-def evaluate(config: FaceEvalConfig, console: Console | None = None) -> dict[str, float]:
-    """Verification metrics of a weights file on LFW-style pairs; writes ``metrics.json``,
-    ``scores.json`` (per pair) and ``roc.png`` to ``config.out`` and prints the table."""
-    console = console or Console()
-    loaded = load_embedder(config.weights, resolve_device(config.device))
-    pairs = read_lfw_pairs(config.pairs, config.data)
-    files, indices, same, folds = pair_files(pairs)
-    dataset = FaceFolder(config.data, loaded.imgsz, config.landmarks or None, files=files)
-    loader = DataLoader(dataset, batch_size=config.batch, num_workers=config.workers, collate_fn=collate_faces)
-    evaluate_fn = PairEvaluate(indices, same, folds, config.flip)
-    with Progress(console=console, transient=True) as progress:
-        metrics = evaluate_fn(loaded.model, loader, progress)
-    scores = evaluate_fn.scores
-    assert scores is not None  # set by the call above
-    out = Path(config.out) if config.out else Path(config.weights).parent / "eval_pairs"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    records = [
-        {"first": str(p.first), "second": str(p.second), "same": p.same, "fold": p.fold, "score": round(float(s), 6)}
-        for p, s in zip(pairs, scores.tolist(), strict=True)
-    ]
-    (out / "scores.json").write_text(json.dumps(records, indent=1))
-    plot_roc({loaded.name: roc_curve(scores, same)}, out / "roc.png", title=f"ROC, {len(pairs)} pairs")
-    console.print(_metrics_table(metrics, f"verification, {len(pairs)} pairs of {Path(config.pairs).name}"))
-    console.print(f"wrote {out / 'metrics.json'}, {out / 'scores.json'} and {out / 'roc.png'}")
-    return metrics
+@export("tasks.load_embedder")
+def load_embedder(weights: str | Path, device: torch.device | str = "cpu") -> FacePredictor:
+    """:func:`sightkit.load` for face embedder weights (a clear error for other files)."""
+    return runner.load_for(FACE, weights, device)
 
 
 class NormalisedEmbedder(nn.Module):
@@ -349,23 +342,100 @@ class NormalisedEmbedder(nn.Module):
         return (F.normalize(self.model(crops), dim=1),)
 
 
-def export_spec(weights: str | Path, imgsz: int = 0) -> ExportSpec:
-    """What ``sightkit export onnx`` needs for face weights (detector weights go to
-    :func:`sightkit.tasks.face_detect.export_spec`): the embedder with normalised output,
-    an example input ``crops`` [1, 3, S, S] (aligned, normalised), a dynamic batch axis. The
-    crop side is fixed by the embedder's fully connected layer, so ``imgsz`` must be 0 or it."""
-    if read_metadata(weights).get("kind") == "detector":  # sightkit train face_detect wrote them
-        from sightkit.tasks import face_detect
+# --------------------------------------------------------------------------- the task
 
-        return face_detect.export_spec(weights, imgsz)
-    loaded = load_embedder(weights)
-    if imgsz and imgsz != loaded.imgsz:
-        raise ValueError(f"imgsz must be 0 or the embedder's crop side {loaded.imgsz} for face weights, got {imgsz}")
-    side = loaded.imgsz
-    return ExportSpec(
-        module=NormalisedEmbedder(loaded.model),
-        name=loaded.name,
-        inputs={"crops": torch.randn(2, 3, side, side)},
-        output_names=["embedding"],
-        dynamic_shapes={"crops": {0: torch.export.Dim("batch", max=1024)}},
-    )
+
+class FaceTask(Task):
+    """Face recognition (``sightkit train|eval|predict face``)."""
+
+    name = TASK
+    summary = "face embeddings (IResNet, MobileFaceNet) with ArcFace/CosFace margins, LFW verification"
+    train_config = FaceConfig
+    eval_config = FaceEvalConfig
+    predict_config = FacePredictConfig
+
+    def training_parts(self, config: FaceConfig) -> TrainingParts:
+        embedder = build_embedder(config.model, config.embedding, config.imgsz)
+        train_set, val_set, evaluate = build_datasets(config, embedder.input_size)
+        num_classes = len(train_set.classes)
+        # PartialFC reads its rank and shard when it is built (the runner joined the process group).
+        head = PartialFC(
+            embedder.num_features, num_classes, config.sample_rate, config.scale, config.m1, config.m2, config.m3
+        )
+        metadata = weights_metadata(config, embedder, num_classes)
+        return TrainingParts(
+            FaceTrainer(embedder, head), margin_criterion, train_set, val_set, collate_faces, evaluate, metadata
+        )
+
+    def load(self, weights: str | Path, metadata: dict[str, str], device: Any) -> FacePredictor:
+        from safetensors.torch import load_file
+
+        model = build_embedder(metadata["model"], int(metadata["embedding"]), int(metadata["imgsz"]))
+        prefix = "embedder."
+        state = {k[len(prefix) :]: v for k, v in load_file(str(weights)).items() if k.startswith(prefix)}
+        load_model_state(model, state, what=str(weights))
+        return FacePredictor(model, metadata, device)
+
+    def eval_plan(self, config: FaceEvalConfig, predictor: FacePredictor) -> EvalPlan:
+        folder = Path(config.data) / config.split
+        pairs = read_lfw_pairs(Path(config.data) / config.pairs, folder)
+        files, indices, same, folds = pair_files(pairs)
+        dataset = FaceFolder(folder, predictor.imgsz, _inside(config.data, config.landmarks), files=files)
+        evaluate = PairEvaluate(indices, same, folds, config.flip)
+
+        def report(out: Path, console: Console) -> list[str]:
+            records = [
+                {"first": str(p.first), "second": str(p.second), "same": p.same, "fold": p.fold, "score": round(s, 6)}
+                for p, s in zip(pairs, evaluate.scores.tolist(), strict=True)
+            ]
+            (out / "scores.json").write_text(json.dumps(records, indent=1))
+            plot_roc(
+                {predictor.name: roc_curve(evaluate.scores, same)}, out / "roc.png", title=f"ROC, {len(pairs)} pairs"
+            )
+            return ["scores.json", "roc.png"]
+
+        title = f"verification, {len(pairs)} pairs of {Path(config.pairs).name}"
+        return EvalPlan(dataset, collate_faces, evaluate, title, report, "eval_pairs")
+
+    def predict_options(self, config: FacePredictConfig) -> dict[str, Any]:
+        return {"detector": config.detector or None, "flip": config.flip}
+
+    def export_spec(self, predictor: FacePredictor, imgsz: int = 0) -> ExportSpec:
+        """The embedder with normalised output, an example input ``crops`` [2, 3, S, S] (aligned,
+        normalised), a dynamic batch axis. The crop side is fixed by the embedder's fully
+        connected layer, so ``imgsz`` must be 0 or it."""
+        if imgsz and imgsz != predictor.imgsz:
+            raise ValueError(
+                f"imgsz must be 0 or the embedder's crop side {predictor.imgsz} for face weights, got {imgsz}"
+            )
+        side = predictor.imgsz
+        return ExportSpec(
+            module=NormalisedEmbedder(predictor.model),
+            name=predictor.name,
+            inputs={"crops": torch.randn(2, 3, side, side)},
+            output_names=["embedding"],
+            dynamic_shapes={"crops": {0: torch.export.Dim("batch", max=1024)}},
+        )
+
+
+FACE = register_task(FaceTask())
+
+
+@export("tasks.train_face")
+def train(config: FaceConfig) -> dict[str, float]:
+    """Train a face embedder as ``config`` says (:func:`sightkit.tasks.runner.train`); ``best.safetensors``
+    is picked by the pairs' 10-fold accuracy (``best_metric=accuracy``)."""
+    return runner.train(FACE, config)
+
+
+@export("tasks.evaluate_face")
+def evaluate(config: FaceEvalConfig, console: Console | None = None) -> dict[str, float]:
+    """Verification metrics of a weights file on LFW-style pairs; writes ``metrics.json``,
+    ``scores.json`` (per pair) and ``roc.png``."""
+    return runner.evaluate(FACE, config, console)
+
+
+@export("tasks.predict_face")
+def predict(config: FacePredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
+    """Embed the faces of ``config.source`` (:func:`sightkit.tasks.runner.predict`)."""
+    return runner.predict(FACE, config, console)

@@ -2,8 +2,10 @@
 face scenes (``sightkit data synth faces`` writes them), evaluate its box AP, predict, export.
 
 ``sightkit train|eval|predict face_detect key=value ...``. The weights file's metadata names
-the task ``face`` with ``kind=detector``, so that ``sightkit export onnx`` and the face
-commands (``sightkit face identify IMAGE detector=WEIGHTS``) recognise it.
+the task ``face_detect`` (files written before it had its own name say ``face`` with
+``kind=detector``; :func:`sightkit.load` reads both). :class:`FaceDetectPredictor` is what
+:func:`sightkit.load` returns for them, and what the face commands use
+(``sightkit face identify IMAGE detector=WEIGHTS``).
 
 Data layout (as :mod:`sightkit.tasks.detect`)::
 
@@ -16,37 +18,35 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
 from sightkit._api import export
-from sightkit.data.coco import CocoKeypoints, read_image
+from sightkit.config import EvalConfig, PredictConfig, setting
+from sightkit.data.coco import CocoKeypoints
 from sightkit.data.collate import collate_detection
 from sightkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, detection_transforms
 from sightkit.engine.checkpoint import load_weights
-from sightkit.engine.trainer import TrainConfig, Trainer
+from sightkit.engine.trainer import TrainConfig
 from sightkit.eval.coco import CocoEvaluator
 from sightkit.losses.face_detection import FaceDetectionCriterion
 from sightkit.models.face_detector import FaceDetector, face_detector_postprocess
-from sightkit.models.registry import create_model, list_models
-from sightkit.tasks.common import image_paths, read_metadata, resolve_device
-from sightkit.tasks.detect import dataset_files
+from sightkit.predictor import Predictor, frame_results, image_tensor, pad_images
+from sightkit.results import Results
+from sightkit.tasks import runner
+from sightkit.tasks.common import build_model, dataset_files
 from sightkit.tasks.export import ExportSpec
+from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
-TASK, KIND = "face", "detector"
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+TASK = "face_detect"
 
 
 @export("tasks.FaceDetectConfig")
@@ -54,46 +54,36 @@ def _help(text: str) -> dict[str, str]:
 class FaceDetectConfig(TrainConfig):
     """Settings of ``sightkit train face_detect``: the engine's keys plus the detector's."""
 
-    model: str = field(default="face_detector_r18", metadata=_help("face_detector_r18 or face_detector_tiny"))
-    data: str = field(default="runs/data/faces", metadata=_help("dataset folder: images/, annotations/*.json"))
-    train_split: str = field(default="train", metadata=_help("annotations/<train_split>.json for training"))
-    val_split: str = field(default="val", metadata=_help("annotations/<val_split>.json for evaluation ('' : none)"))
-    imgsz: int = field(default=320, metadata=_help("shorter image side (the train recipe scales around it)"))
-    max_size: int = field(default=512, metadata=_help("longest image side"))
-    score_threshold: float = field(default=0.05, metadata=_help("lowest score kept at evaluation"))
-    out: str = field(default="runs/face_detect/train", metadata=_help("run folder (checkpoints, metrics, plots)"))
-    epochs: int = field(default=30, metadata=_help("passes over the training data (0: steps decides)"))
-    batch: int = field(default=8, metadata=_help("global batch of one optimiser step, all processes together"))
-    lr: float = field(default=1e-3, metadata=_help("base learning rate (AdamW)"))
-    best_metric: str = field(default="AP", metadata=_help("metric that picks best.pt"))
-    best_mode: str = field(default="max", metadata=_help("max or min: which way best_metric improves"))
+    model: str = setting("face_detector_r18", "face_detector_r18 or face_detector_tiny")
+    data: str = setting("runs/data/faces", "dataset folder: images/, annotations/*.json")
+    train_split: str = setting("train", "annotations/<train_split>.json for training")
+    val_split: str = setting("val", "annotations/<val_split>.json for evaluation ('' : none)")
+    imgsz: int = setting(320, "shorter image side (the train recipe scales around it)")
+    max_size: int = setting(512, "longest image side")
+    score_threshold: float = setting(0.05, "lowest score kept at evaluation")
+    out: str = setting("runs/face_detect/train", "run folder (checkpoints, metrics, plots)")
+    epochs: int = setting(30, "passes over the training data (0: steps decides)")
+    batch: int = setting(8, "global batch of one optimiser step, all processes together")
+    lr: float = setting(1e-3, "base learning rate (AdamW)")
+    best_metric: str = setting("AP", "metric that picks best.pt")
+    best_mode: str = setting("max", "max or min: which way best_metric improves")
 
 
 @export("tasks.FaceDetectEvalConfig")
 @dataclass
-class FaceDetectEvalConfig:
+class FaceDetectEvalConfig(EvalConfig):
     """Settings of ``sightkit eval face_detect``."""
 
-    weights: str = field(default="", metadata=_help("a .safetensors file written by sightkit train face_detect"))
-    data: str = field(default="runs/data/faces", metadata=_help("dataset folder: images/, annotations/*.json"))
-    split: str = field(default="val", metadata=_help("annotations/<split>.json to evaluate"))
-    out: str = field(default="", metadata=_help("folder for metrics.json ('' : next to weights)"))
-    batch: int = field(default=8, metadata=_help("images per forward pass"))
-    score_threshold: float = field(default=0.05, metadata=_help("lowest score kept"))
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
-    workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
+    data: str = setting("runs/data/faces", "dataset folder: images/, annotations/*.json")
+    score_threshold: float = setting(0.05, "lowest score kept")
 
 
 @export("tasks.FaceDetectPredictConfig")
 @dataclass
-class FaceDetectPredictConfig:
+class FaceDetectPredictConfig(PredictConfig):
     """Settings of ``sightkit predict face_detect``."""
 
-    weights: str = field(default="", metadata=_help("a .safetensors file written by sightkit train face_detect"))
-    source: str = field(default="", metadata=_help("an image or a folder of images"))
-    out: str = field(default="runs/face_detect/predict", metadata=_help("folder for pictures and faces.json"))
-    conf: float = field(default=0.5, metadata=_help("keep faces scoring at least this"))
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
+    out: str = setting("runs/face_detect/predict", "folder for the pictures, predictions.jsonl and predictions.json")
 
 
 class FaceCollate:
@@ -153,144 +143,80 @@ class FaceBoxAP:
         return evaluator.compute()
 
 
-def _build_model(name: str) -> FaceDetector:
-    if name not in list_models() or not name.startswith("face_detector"):
-        choices = [n for n in list_models() if n.startswith("face_detector")]
-        raise ValueError(f"model={name!r} is not a face detector; choose one of {', '.join(choices)}")
-    return create_model(name)
+@export("tasks.FaceDetectPredictor")
+class FaceDetectPredictor(Predictor):
+    """Face detector weights, called on images: ``Results`` with ``boxes`` (``xyxy`` pixels of
+    the original image), ``scores``, ``landmarks`` ``[N, 5, 2]`` and ``labels`` (0, "face").
 
+    Option ``conf``: the lowest face score kept (default 0.5).
+    """
 
-@export("tasks.train_face_detect")
-def train(config: FaceDetectConfig) -> dict[str, float]:
-    """Train a face detector as ``config`` says; returns the last evaluation's metrics."""
-    normalise = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    images, annotations = dataset_files(config.data, config.train_split)
-    probe = CocoKeypoints(images, annotations)
-    sizes = {"size": config.imgsz, "max_size": config.max_size}
-    train_set = CocoKeypoints(
-        images, annotations, detection_transforms("train", flip_pairs=probe.flip_pairs, **sizes, **normalise)
-    )
-    val_set, evaluate_fn = None, None
-    if config.val_split:
-        val_images, val_annotations = dataset_files(config.data, config.val_split)
-        val_set = CocoKeypoints(val_images, val_annotations, detection_transforms("eval", **sizes, **normalise))
-        evaluate_fn = FaceBoxAP(val_annotations, val_set.category_map.category_ids, config.score_threshold)
-    elif config.best_metric == "AP":
-        config.best_metric, config.best_mode = "val_loss", "min"
-    torch.manual_seed(config.seed)  # the Trainer seeds after the model exists: seed= fixes its initialisation too
-    model = _build_model(config.model)
-    criterion = FaceDetectionCriterion(model.stride)
-    metadata = {
-        "task": TASK,
-        "kind": KIND,
-        "model": config.model,
-        "imgsz": str(config.imgsz),
-        "max_size": str(config.max_size),
-        "mean": json.dumps(list(IMAGENET_MEAN)),
-        "std": json.dumps(list(IMAGENET_STD)),
-    }
-    trainer = Trainer(
-        model,
-        criterion,
-        train_set,
-        config,
-        loss_weights=criterion.weight_dict,
-        val_data=val_set,
-        collate_fn=FaceCollate(),
-        evaluate=evaluate_fn,
-        weights_metadata=metadata,
-    )
-    return trainer.fit()
+    task = TASK
+    options: ClassVar[dict[str, Any]] = {"conf": 0.5}
+
+    def __init__(self, model: nn.Module, metadata: dict[str, str], device: Any = None) -> None:
+        super().__init__(model, metadata, device)
+        self.names = ["face"]
+        self.imgsz, self.max_size = int(metadata["imgsz"]), int(metadata["max_size"])
+        self.transform = detection_transforms(
+            "eval", size=self.imgsz, max_size=self.max_size,
+            mean=json.loads(metadata["mean"]), std=json.loads(metadata["std"]),
+        )  # fmt: skip
+
+    def preprocess(self, frames: Sequence[Any], settings: dict[str, Any]) -> dict[str, Tensor]:
+        images = [self.transform(tv_tensors.Image(image_tensor(f))).as_subclass(Tensor) for f in frames]
+        batch, _ = pad_images(images)
+        # (sx, sy) from the resized image back to the original's pixels.
+        scale = torch.tensor(
+            [
+                [f.image.shape[1] / i.shape[-1], f.image.shape[0] / i.shape[-2]]
+                for f, i in zip(frames, images, strict=True)
+            ]
+        )
+        return {"images": batch.to(self.device), "scale": scale.to(self.device)}
+
+    def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.model(inputs["images"])
+
+    def postprocess(
+        self, outputs: dict[str, Tensor], inputs: dict[str, Tensor], frames: Sequence[Any], settings: dict[str, Any]
+    ) -> list[Results]:
+        found = face_detector_postprocess(outputs, settings["conf"], scale=inputs["scale"])
+        return [
+            frame_results(
+                frame,
+                TASK,
+                self.names,
+                boxes=f["boxes"],
+                scores=f["scores"],
+                landmarks=f["landmarks"],
+                labels=torch.zeros(len(f["scores"]), dtype=torch.long),
+            )
+            for frame, f in zip(frames, found, strict=True)
+        ]
+
+    def detect(self, images: Tensor, score_threshold: float | None = None) -> list[dict[str, Tensor]]:
+        """Faces of uint8 (or 0-255 float) images ``[B, 3, H, W]`` like :meth:`sightkit.models.MTCNN.detect`:
+        per image ``boxes`` ``[K, 4]``, ``scores`` ``[K]`` and ``landmarks`` ``[K, 5, 2]`` in its pixels."""
+        results = self(images.to(torch.uint8).cpu(), conf=score_threshold, progress=False)
+        return [
+            {
+                "boxes": torch.from_numpy(r.boxes),
+                "scores": torch.from_numpy(r.scores),
+                "landmarks": torch.from_numpy(r.landmarks),
+            }
+            for r in results
+        ]
 
 
 @export("tasks.TrainedFaceDetector")
-class TrainedFaceDetector:
-    """A trained :class:`~sightkit.models.FaceDetector` with its input transform: ``detect(images)``
-    like :meth:`sightkit.models.MTCNN.detect` (uint8 or 0-255 float ``[B, 3, H, W]`` -> per image
-    boxes, scores and landmarks in its pixels)."""
-
-    def __init__(self, weights: str | Path, device: torch.device | str = "cpu", score_threshold: float = 0.5) -> None:
-        meta = read_metadata(weights)
-        if meta.get("task") != TASK or meta.get("kind") != KIND:
-            raise ValueError(
-                f"weights={str(weights)!r} were not written by `sightkit train face_detect` (their metadata: "
-                f"task={meta.get('task')!r}, kind={meta.get('kind')!r})"
-            )
-        self.name, self.score_threshold = meta["model"], score_threshold
-        self.model = load_weights(_build_model(meta["model"]), weights).to(device).eval()
-        self.transform = detection_transforms(
-            "eval", size=int(meta["imgsz"]), max_size=int(meta["max_size"]),
-            mean=json.loads(meta["mean"]), std=json.loads(meta["std"]),
-        )  # fmt: skip
-        self.device = torch.device(device)
-
-    @torch.no_grad()
-    def detect(self, images: Tensor) -> list[dict[str, Tensor]]:
-        results = []
-        for image in images:
-            pixels = self.transform(tv_tensors.Image(image.to(torch.uint8).cpu())).as_subclass(Tensor)
-            height, width = pixels.shape[-2:]
-            padded = pixels.new_zeros(3, -(-height // 32) * 32, -(-width // 32) * 32)
-            padded[:, :height, :width] = pixels
-            scale = torch.tensor([[image.shape[-1] / width, image.shape[-2] / height]], device=self.device)
-            outputs = self.model(padded[None].to(self.device))
-            results += face_detector_postprocess(outputs, self.score_threshold, scale=scale)
-        return results
-
-
-@export("tasks.evaluate_face_detect")
-def evaluate(config: FaceDetectEvalConfig, console: Console | None = None) -> dict[str, float]:
-    """COCO box AP of face detector weights on a split; writes ``metrics.json`` and prints the table."""
-    console = console or Console()
-    detector = TrainedFaceDetector(config.weights, resolve_device(config.device))
-    images, annotations = dataset_files(config.data, config.split)
-    dataset = CocoKeypoints(images, annotations, detector.transform)
-    loader = DataLoader(dataset, batch_size=config.batch, num_workers=config.workers, collate_fn=FaceCollate())
-    with Progress(console=console, transient=True) as progress:
-        metrics = FaceBoxAP(annotations, dataset.category_map.category_ids, config.score_threshold)(
-            detector.model, loader, progress
-        )
-    out = Path(config.out) if config.out else Path(config.weights).parent / f"eval_{config.split}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    table = Table(title=f"face boxes, {len(dataset)} images of {annotations.name}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}")
-    console.print(table)
-    console.print(f"wrote {out / 'metrics.json'}")
-    return metrics
-
-
-@export("tasks.predict_face_detect")
-def predict(config: FaceDetectPredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
-    """Find faces and landmarks in an image or a folder; draws them into ``config.out`` and
-    writes ``faces.json`` (boxes ``xyxy`` and landmarks in pixels of the original image)."""
-    from sightkit.tasks.draw_faces import draw_faces
-
-    console = console or Console()
-    detector = TrainedFaceDetector(config.weights, resolve_device(config.device), config.conf)
-    out = Path(config.out)
-    records = []
-    for path in image_paths(config.source):
-        image = read_image(path).as_subclass(Tensor)
-        (found,) = detector.detect(image[None])
-        found = {k: v.cpu() for k, v in found.items()}
-        labels = [f"face {s:.2f}" for s in found["scores"].tolist()]
-        picture = out / f"{path.stem}.jpg"
-        draw_faces(image, found["boxes"], found["landmarks"], labels, [True] * len(labels), picture)
-        faces = [
-            {"score": round(s, 4), "box": [round(v, 2) for v in b], "landmarks": [[round(v, 2) for v in p] for p in m]}
-            for s, b, m in zip(
-                found["scores"].tolist(), found["boxes"].tolist(), found["landmarks"].tolist(), strict=True
-            )
-        ]
-        records.append({"image": str(path), "picture": str(picture), "faces": faces})
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "faces.json").write_text(json.dumps(records, indent=2))
-    console.print(f"{sum(len(r['faces']) for r in records)} faces in {len(records)} images; pictures in [bold]{out}[/]")
-    return records
+def TrainedFaceDetector(
+    weights: str | Path, device: torch.device | str = "cpu", score_threshold: float = 0.5
+) -> FaceDetectPredictor:
+    """:func:`sightkit.load` for face detector weights, with ``conf`` (its ``detect`` threshold) set."""
+    predictor = runner.load_for(FACE_DETECT, weights, device)
+    predictor.options = {"conf": score_threshold}
+    return predictor
 
 
 class OnnxFaceDetector(nn.Module):
@@ -305,16 +231,82 @@ class OnnxFaceDetector(nn.Module):
         return outputs["logits"], outputs["boxes"], outputs["landmarks"]
 
 
-def export_spec(weights: str | Path, imgsz: int = 0) -> ExportSpec:
-    """``sightkit export onnx`` for face detector weights: ``images`` [B, 3, S, S] normalised,
-    dynamic batch."""
-    detector = TrainedFaceDetector(weights)
-    side = imgsz or int(read_metadata(weights)["imgsz"])
-    side = -(-side // 32) * 32
-    return ExportSpec(
-        module=OnnxFaceDetector(detector.model),
-        name=detector.name,
-        inputs={"images": torch.randn(2, 3, side, side)},  # 2: a batch of 1 would be specialised
-        output_names=["logits", "boxes", "landmarks"],
-        dynamic_shapes={"images": {0: torch.export.Dim("batch", max=64)}},
-    )
+# --------------------------------------------------------------------------- the task
+
+
+class FaceDetectTask(Task):
+    """Face detection with 5 landmarks (``sightkit train|eval|predict face_detect``)."""
+
+    name = TASK
+    summary = "face boxes and 5 landmarks (RetinaFace-style detector)"
+    train_config = FaceDetectConfig
+    eval_config = FaceDetectEvalConfig
+    predict_config = FaceDetectPredictConfig
+
+    def training_parts(self, config: FaceDetectConfig) -> TrainingParts:
+        normalise = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        images, annotations = dataset_files(config.data, config.train_split)
+        probe = CocoKeypoints(images, annotations)
+        sizes = {"size": config.imgsz, "max_size": config.max_size}
+        train_set = CocoKeypoints(
+            images, annotations, detection_transforms("train", flip_pairs=probe.flip_pairs, **sizes, **normalise)
+        )
+        val_set, evaluate = None, None
+        if config.val_split:
+            val_images, val_annotations = dataset_files(config.data, config.val_split)
+            val_set = CocoKeypoints(val_images, val_annotations, detection_transforms("eval", **sizes, **normalise))
+            evaluate = FaceBoxAP(val_annotations, val_set.category_map.category_ids, config.score_threshold)
+        model = build_model(TASK, config.model)
+        criterion = FaceDetectionCriterion(model.stride)
+        metadata = {
+            "model": config.model,
+            "imgsz": str(config.imgsz),
+            "max_size": str(config.max_size),
+            "mean": json.dumps(list(IMAGENET_MEAN)),
+            "std": json.dumps(list(IMAGENET_STD)),
+        }
+        return TrainingParts(
+            model, criterion, train_set, val_set, FaceCollate(), evaluate, metadata, loss_weights=criterion.weight_dict
+        )
+
+    def load(self, weights: str | Path, metadata: dict[str, str], device: Any) -> FaceDetectPredictor:
+        return FaceDetectPredictor(load_weights(build_model(TASK, metadata["model"]), weights), metadata, device)
+
+    def eval_plan(self, config: FaceDetectEvalConfig, predictor: FaceDetectPredictor) -> EvalPlan:
+        images, annotations = dataset_files(config.data, config.split)
+        dataset = CocoKeypoints(images, annotations, predictor.transform)
+        evaluate = FaceBoxAP(annotations, dataset.category_map.category_ids, config.score_threshold)
+        title = f"face boxes, {len(dataset)} images of {annotations.name}"
+        return EvalPlan(dataset, FaceCollate(), evaluate, title, folder=f"eval_{config.split}")
+
+    def export_spec(self, predictor: FaceDetectPredictor, imgsz: int = 0) -> ExportSpec:
+        """``images`` [B, 3, S, S] normalised, dynamic batch; outputs ``logits``, ``boxes``, ``landmarks``."""
+        side = -(-(imgsz or predictor.imgsz) // 32) * 32
+        return ExportSpec(
+            module=OnnxFaceDetector(predictor.model),
+            name=predictor.name,
+            inputs={"images": torch.randn(2, 3, side, side)},  # 2: a batch of 1 would be specialised
+            output_names=["logits", "boxes", "landmarks"],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch", max=64)}},
+        )
+
+
+FACE_DETECT = register_task(FaceDetectTask())
+
+
+@export("tasks.train_face_detect")
+def train(config: FaceDetectConfig) -> dict[str, float]:
+    """Train a face detector as ``config`` says (:func:`sightkit.tasks.runner.train`)."""
+    return runner.train(FACE_DETECT, config)
+
+
+@export("tasks.evaluate_face_detect")
+def evaluate(config: FaceDetectEvalConfig, console: Console | None = None) -> dict[str, float]:
+    """COCO box AP of face detector weights on a split; writes ``metrics.json`` and prints the table."""
+    return runner.evaluate(FACE_DETECT, config, console)
+
+
+@export("tasks.predict_face_detect")
+def predict(config: FaceDetectPredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
+    """Faces and landmarks in ``config.source`` (:func:`sightkit.tasks.runner.predict`)."""
+    return runner.predict(FACE_DETECT, config, console)

@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from sightkit._api import export
+from sightkit.config import setting
 from sightkit.data.coco import read_image
 from sightkit.data.faces import FaceFolder, collate_faces, normalise_face
 from sightkit.eval.face import StreamingQuantile
@@ -38,16 +39,12 @@ from sightkit.models.face import embed_faces
 from sightkit.models.mtcnn import load_mtcnn
 from sightkit.ops.align import align_faces
 from sightkit.tasks.common import image_paths, resolve_device
-from sightkit.tasks.face import LoadedEmbedder, load_embedder
+from sightkit.tasks.face import FacePredictor, load_embedder
 
 #: FAR targets calibrated at enrolment.
 GALLERY_FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 #: Above this many impostor scores the thresholds are estimated by streaming instead of exactly.
 EXACT_LIMIT = 4_000_000
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @export("tasks.FaceGallery")
@@ -231,18 +228,18 @@ def find_faces(
 class EnrollConfig:
     """Settings of ``sightkit face enroll DIR``."""
 
-    folder: str = field(default="", metadata=_help("identity folders DIR/NAME/*.png, one per person"))
-    weights: str = field(default="", metadata=_help("embedder weights written by sightkit train face"))
-    detector: str = field(default="", metadata=_help("'' : face crops; mtcnn or face_detect weights: largest face"))
-    wheel: str = field(default="", metadata=_help("facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)"))
-    landmarks: str = field(default="", metadata=_help("landmarks JSON for alignment ('' : crops are aligned)"))
-    out: str = field(default="", metadata=_help("gallery file ('' : DIR/gallery.safetensors)"))
-    batch: int = field(default=64, metadata=_help("crops per forward pass"))
-    flip: bool = field(default=True, metadata=_help("add the mirrored crop's embedding"))
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
+    folder: str = setting("", "identity folders DIR/NAME/*.png, one per person")
+    weights: str = setting("", "embedder weights written by sightkit train face")
+    detector: str = setting("", "'' : face crops; mtcnn or face_detect weights: largest face")
+    wheel: str = setting("", "facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)")
+    landmarks: str = setting("", "landmarks JSON for alignment ('' : crops are aligned)")
+    out: str = setting("", "gallery file ('' : DIR/gallery.safetensors)")
+    batch: int = setting(64, "crops per forward pass")
+    flip: bool = setting(True, "add the mirrored crop's embedding")
+    device: str = setting("", "cpu, cuda, cuda:K ('' : cuda if available)")
 
 
-def embed_folder(loaded: LoadedEmbedder, folder: FaceFolder, batch: int, flip: bool, console: Console) -> Tensor:
+def embed_folder(loaded: FacePredictor, folder: FaceFolder, batch: int, flip: bool, console: Console) -> Tensor:
     """Normalised embeddings ``[N, D]`` of every sample of ``folder``, in order."""
     loader = DataLoader(folder, batch_size=batch, collate_fn=collate_faces)
     parts = []
@@ -293,16 +290,16 @@ def enroll(config: EnrollConfig, console: Console | None = None) -> FaceGallery:
 class IdentifyConfig:
     """Settings of ``sightkit face identify IMAGE``."""
 
-    image: str = field(default="", metadata=_help("an image, or a folder of them"))
-    gallery: str = field(default="", metadata=_help("gallery written by sightkit face enroll"))
-    detector: str = field(default="", metadata=_help("'' : face crops; mtcnn or face_detect weights: every face"))
-    wheel: str = field(default="", metadata=_help("facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)"))
-    landmarks: str = field(default="", metadata=_help("landmarks JSON for alignment of crops ('' : aligned)"))
-    far: float = field(default=1e-2, metadata=_help("accept a match above the gallery's threshold at this FAR"))
-    threshold: float = field(default=math.nan, metadata=_help("accept above this cosine instead (nan: use far)"))
-    top_k: int = field(default=5, metadata=_help("candidates listed per face"))
-    out: str = field(default="", metadata=_help("folder for identities.json and pictures ('' : print only)"))
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
+    image: str = setting("", "an image, or a folder of them")
+    gallery: str = setting("", "gallery written by sightkit face enroll")
+    detector: str = setting("", "'' : face crops; mtcnn or face_detect weights: every face")
+    wheel: str = setting("", "facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)")
+    landmarks: str = setting("", "landmarks JSON for alignment of crops ('' : aligned)")
+    far: float = setting(1e-2, "accept a match above the gallery's threshold at this FAR")
+    threshold: float = setting(math.nan, "accept above this cosine instead (nan: use far)")
+    top_k: int = setting(5, "candidates listed per face")
+    out: str = setting("", "folder for identities.json and pictures ('' : print only)")
+    device: str = setting("", "cpu, cuda, cuda:K ('' : cuda if available)")
 
 
 @export("tasks.identify_faces")
@@ -356,16 +353,16 @@ def identify(config: IdentifyConfig, console: Console | None = None) -> list[dic
 class VerifyConfig:
     """Settings of ``sightkit face verify IMG1 IMG2``."""
 
-    first: str = field(default="", metadata=_help("the first image"))
-    second: str = field(default="", metadata=_help("the second image"))
-    weights: str = field(default="", metadata=_help("embedder weights ('' : the gallery's)"))
-    gallery: str = field(default="", metadata=_help("a gallery whose calibrated thresholds give far="))
-    far: float = field(default=1e-2, metadata=_help("decide at the gallery's threshold for this FAR"))
-    threshold: float = field(default=math.nan, metadata=_help("decide at this cosine instead (nan: use far)"))
-    detector: str = field(default="", metadata=_help("'' : face crops; mtcnn or face_detect weights: largest face"))
-    wheel: str = field(default="", metadata=_help("facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)"))
-    landmarks: str = field(default="", metadata=_help("landmarks JSON for alignment of crops ('' : aligned)"))
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
+    first: str = setting("", "the first image")
+    second: str = setting("", "the second image")
+    weights: str = setting("", "embedder weights ('' : the gallery's)")
+    gallery: str = setting("", "a gallery whose calibrated thresholds give far=")
+    far: float = setting(1e-2, "decide at the gallery's threshold for this FAR")
+    threshold: float = setting(math.nan, "decide at this cosine instead (nan: use far)")
+    detector: str = setting("", "'' : face crops; mtcnn or face_detect weights: largest face")
+    wheel: str = setting("", "facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)")
+    landmarks: str = setting("", "landmarks JSON for alignment of crops ('' : aligned)")
+    device: str = setting("", "cpu, cuda, cuda:K ('' : cuda if available)")
 
 
 @export("tasks.verify_faces")

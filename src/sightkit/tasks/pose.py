@@ -3,9 +3,11 @@
 Person boxes (the ground truth's, or a detector's from a COCO results JSON) are cropped to
 the model's input (:class:`sightkit.data.TopDownKeypoints`), the model predicts the crop's
 keypoints (:mod:`sightkit.models.pose`), and the keypoints are mapped back to the image and
-scored with COCO's keypoint AP (:class:`sightkit.eval.PoseEvaluator`). The command line
-(``sightkit train|eval|predict pose``, ``sightkit export onnx``) calls :func:`train`,
-:func:`evaluate`, :func:`predict` and :func:`export_spec`.
+scored with COCO's keypoint AP (:class:`sightkit.eval.PoseEvaluator`). :class:`PoseTask`
+declares the parts to the task registry; :class:`PosePredictor` is what :func:`sightkit.load`
+returns for pose weights. Its boxes come from ``boxes=`` (a COCO results JSON as ``sightkit
+predict detect`` writes it, or arrays), from a detector run first (``detector=``: top-down),
+or are the whole image.
 
 The losses, by model kind (:class:`PoseCriterion`): ``rle`` the RLE negative log-likelihood
 (:func:`sightkit.losses.rle_loss`) of the crop-normalised keypoints; ``regress`` L1 on the
@@ -27,27 +29,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from sightkit._api import export
-from sightkit.data.coco import read_image
+from sightkit.config import EvalConfig, PredictConfig, setting
 from sightkit.data.topdown import TopDownKeypoints, collate_topdown, warp_image
 from sightkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sightkit.engine.checkpoint import load_weights
-from sightkit.engine.trainer import TrainConfig, Trainer
+from sightkit.engine.trainer import TrainConfig
 from sightkit.eval.pose import PoseEvaluator
 from sightkit.losses.rle import FORMS, Q_DENSITIES, rle_loss
 from sightkit.models.pose import POSE_KINDS, pose_postprocess
-from sightkit.models.registry import create_model, list_models
 from sightkit.nn.upsample import UPSAMPLE_MODES
 from sightkit.ops.keypoints import (
     DECODE_METHODS,
@@ -57,17 +58,16 @@ from sightkit.ops.keypoints import (
     invert_affine,
     render_heatmaps,
 )
-from sightkit.tasks.common import image_paths, read_metadata, resolve_device
-from sightkit.tasks.detect import dataset_files
+from sightkit.predictor import Predictor, frame_results
+from sightkit.results import Results
+from sightkit.tasks import runner
+from sightkit.tasks.common import build_model, dataset_files
 from sightkit.tasks.export import ExportSpec
+from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
 TASK = "pose"
 #: A keypoint counts towards a person's score when its own score is above this (SimpleBaseline's rescoring).
 KEYPOINT_SCORE_FLOOR = 0.2
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @export("tasks.PoseConfig")
@@ -77,64 +77,56 @@ class PoseConfig(TrainConfig):
     follow SimpleBaseline and RLE (Adam(W) at 1e-3, crops 256x192 padded by 1.25, scale
     +-30 %, rotation +-40 degrees with probability 0.6, flips), on a cosine schedule."""
 
-    model: str = field(default="rle_r18_tiny", metadata=_help("rle_*, regress_* or heatmap_* (list_models())"))
-    data: str = field(default="runs/data/people", metadata=_help("dataset folder: images/, annotations/*.json"))
-    train_split: str = field(default="train", metadata=_help("annotations/<train_split>.json for training"))
-    val_split: str = field(default="val", metadata=_help("annotations/<val_split>.json for evaluation ('' : none)"))
-    input_size: tuple[int, ...] = field(default=(256, 192), metadata=_help("crop height and width, e.g. [256,192]"))
-    padding: float = field(default=1.25, metadata=_help("person box enlargement before cropping"))
-    scale_jitter: float = field(default=0.3, metadata=_help("training crop scale within 1 +- this"))
-    rotation: float = field(default=40.0, metadata=_help("training rotation spread, degrees (clipped at 2x)"))
-    rotation_prob: float = field(default=0.6, metadata=_help("probability of a training rotation"))
-    flip_prob: float = field(default=0.5, metadata=_help("probability of a training horizontal flip"))
-    upsample: str = field(default="deconv", metadata=_help(f"heatmap head upsampling: {', '.join(UPSAMPLE_MODES)}"))
-    heatmap_sigma: float = field(default=2.0, metadata=_help("Gaussian target sigma, heatmap cells"))
-    rle_form: str = field(default="paper", metadata=_help(f"RLE loss form: {', '.join(FORMS)}"))
-    rle_q: str = field(default="laplace", metadata=_help(f"RLE base density: {', '.join(Q_DENSITIES)}"))
-    decode: str = field(default="taylor", metadata=_help(f"heatmap decoding: {', '.join(DECODE_METHODS)}"))
-    flip_test: bool = field(default=True, metadata=_help("average with the flipped crop at evaluation"))
-    out: str = field(default="runs/pose/train", metadata=_help("run folder (checkpoints, metrics, plots)"))
-    epochs: int = field(default=50, metadata=_help("passes over the training people (0: steps decides)"))
-    batch: int = field(default=32, metadata=_help("global batch of one optimiser step, all processes together"))
-    lr: float = field(default=1e-3, metadata=_help("base learning rate (SimpleBaseline, RLE: Adam at 1e-3)"))
-    warmup_steps: int = field(default=100, metadata=_help("linear warm-up steps"))
-    best_metric: str = field(default="AP", metadata=_help("metric that picks best.pt"))
-    best_mode: str = field(default="max", metadata=_help("max or min: which way best_metric improves"))
+    model: str = setting("rle_r18_tiny", "rle_*, regress_* or heatmap_* (list_models('pose'))")
+    data: str = setting("runs/data/people", "dataset folder: images/, annotations/*.json")
+    train_split: str = setting("train", "annotations/<train_split>.json for training")
+    val_split: str = setting("val", "annotations/<val_split>.json for evaluation ('' : none)")
+    input_size: tuple[int, ...] = setting((256, 192), "crop height and width, e.g. [256,192]")
+    padding: float = setting(1.25, "person box enlargement before cropping")
+    scale_jitter: float = setting(0.3, "training crop scale within 1 +- this")
+    rotation: float = setting(40.0, "training rotation spread, degrees (clipped at 2x)")
+    rotation_prob: float = setting(0.6, "probability of a training rotation")
+    flip_prob: float = setting(0.5, "probability of a training horizontal flip")
+    upsample: str = setting("deconv", f"heatmap head upsampling: {', '.join(UPSAMPLE_MODES)}")
+    heatmap_sigma: float = setting(2.0, "Gaussian target sigma, heatmap cells")
+    rle_form: str = setting("paper", f"RLE loss form: {', '.join(FORMS)}")
+    rle_q: str = setting("laplace", f"RLE base density: {', '.join(Q_DENSITIES)}")
+    decode: str = setting("taylor", f"heatmap decoding: {', '.join(DECODE_METHODS)}")
+    flip_test: bool = setting(True, "average with the flipped crop at evaluation")
+    out: str = setting("runs/pose/train", "run folder (checkpoints, metrics, plots)")
+    epochs: int = setting(50, "passes over the training people (0: steps decides)")
+    batch: int = setting(32, "global batch of one optimiser step, all processes together")
+    lr: float = setting(1e-3, "base learning rate (SimpleBaseline, RLE: Adam at 1e-3)")
+    warmup_steps: int = setting(100, "linear warm-up steps")
+    best_metric: str = setting("AP", "metric that picks best.pt")
+    best_mode: str = setting("max", "max or min: which way best_metric improves")
 
 
 @export("tasks.PoseEvalConfig")
 @dataclass
-class PoseEvalConfig:
+class PoseEvalConfig(EvalConfig):
     """Settings of ``sightkit eval pose``."""
 
-    weights: str = field(default="", metadata=_help("a .safetensors file written by sightkit train pose"))
-    data: str = field(default="runs/data/people", metadata=_help("dataset folder: images/, annotations/*.json"))
-    split: str = field(default="val", metadata=_help("annotations/<split>.json to evaluate"))
-    boxes: str = field(default="", metadata=_help("COCO results JSON of person detections ('' : ground-truth boxes)"))
-    min_score: float = field(default=0.0, metadata=_help("detections scoring lower are left out"))
-    oks_nms: float = field(default=0.9, metadata=_help("OKS-NMS threshold with detector boxes (1: off)"))
-    flip_test: bool = field(default=True, metadata=_help("average with the flipped crop"))
-    decode: str = field(default="", metadata=_help("heatmap decoding ('' : as trained)"))
-    out: str = field(default="", metadata=_help("folder for metrics and tables ('' : next to weights)"))
-    batch: int = field(default=32, metadata=_help("people per forward pass"))
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
-    workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
+    data: str = setting("runs/data/people", "dataset folder: images/, annotations/*.json")
+    batch: int = setting(32, "people per forward pass")
+    boxes: str = setting("", "COCO results JSON of person detections, as predict detect writes ('' : ground truth)")
+    min_score: float = setting(0.0, "detections scoring lower are left out")
+    oks_nms: float = setting(0.9, "OKS-NMS threshold with detector boxes (1: off)")
+    flip_test: bool = setting(True, "average with the flipped crop")
+    decode: str = setting("", "heatmap decoding ('' : as trained)")
 
 
 @export("tasks.PosePredictConfig")
 @dataclass
-class PosePredictConfig:
+class PosePredictConfig(PredictConfig):
     """Settings of ``sightkit predict pose``."""
 
-    weights: str = field(default="", metadata=_help("a .safetensors file written by sightkit train pose"))
-    source: str = field(default="", metadata=_help("an image or a folder of images"))
-    boxes: str = field(
-        default="", metadata=_help("JSON {image file name: [[x1,y1,x2,y2(,score)], ...]} ('' : the whole image)")
-    )
-    out: str = field(default="runs/pose/predict", metadata=_help("folder for the pictures and poses.json"))
-    conf: float = field(default=0.3, metadata=_help("draw keypoints scoring at least this"))
-    flip_test: bool = field(default=True, metadata=_help("average with the flipped crop"))
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
+    out: str = setting("runs/pose/predict", "folder for the pictures and predictions.jsonl")
+    conf: float = setting(0.0, "keep people scoring at least this")
+    boxes: str = setting("", "COCO results JSON of person boxes, as predict detect writes ('' : see detector)")
+    detector: str = setting("", "detection weights run first for the person boxes ('' : the whole image)")
+    keypoint_conf: float = setting(0.3, "draw keypoints scoring at least this")
+    flip_test: bool = setting(True, "average with the flipped crop")
 
 
 # --------------------------------------------------------------------------- loss
@@ -205,20 +197,6 @@ class PoseCriterion:
 # --------------------------------------------------------------------------- model and weights
 
 
-def build_pose_model(name: str, num_keypoints: int, upsample: str = "deconv") -> nn.Module:
-    """``create_model(name, num_keypoints=..., upsample=...)``, refusing models that are not pose models."""
-    if name not in list_models():
-        raise ValueError(f"model={name!r} is not a registered model; choose one of {', '.join(list_models())}")
-    try:
-        model = create_model(name, num_keypoints=num_keypoints, upsample=upsample)
-    except TypeError:
-        model = None
-    if getattr(model, "kind", None) not in POSE_KINDS:
-        pose = [n for n in list_models() if n.startswith(tuple(f"{k}_" for k in POSE_KINDS))]
-        raise ValueError(f"model={name!r} is not a pose model; choose one of {', '.join(pose)}")
-    return model
-
-
 def weights_metadata(config: PoseConfig, dataset: TopDownKeypoints) -> dict[str, str]:
     """What a weights file needs to rebuild and use its model (safetensors metadata, str -> str)."""
     return {
@@ -235,50 +213,6 @@ def weights_metadata(config: PoseConfig, dataset: TopDownKeypoints) -> dict[str,
         "mean": json.dumps(list(IMAGENET_MEAN)),
         "std": json.dumps(list(IMAGENET_STD)),
     }
-
-
-@dataclass
-class LoadedPose:
-    """A pose model rebuilt from a weights file, with what its metadata says about it."""
-
-    model: nn.Module
-    name: str
-    input_size: tuple[int, int]
-    keypoint_names: list[str]
-    flip_pairs: list[tuple[int, int]]
-    skeleton: list[list[int]]
-    category_id: int
-    decode: str
-    padding: float
-    mean: list[float]
-    std: list[float]
-
-
-def load_pose(weights: str | Path, device: torch.device | str = "cpu") -> LoadedPose:
-    """Rebuild the model that wrote ``weights`` and load them (clear errors for other files)."""
-    meta = read_metadata(weights)
-    if meta.get("task") != TASK or "model" not in meta:
-        raise ValueError(
-            f"weights={str(weights)!r} were not written by `sightkit train pose` (their metadata: "
-            f"task={meta.get('task')!r}, model={meta.get('model')!r})"
-        )
-    names = json.loads(meta["keypoint_names"])
-    model = build_pose_model(meta["model"], len(names), meta["upsample"])
-    load_weights(model, weights)
-    height, width = json.loads(meta["input_size"])
-    return LoadedPose(
-        model=model.to(device).eval(),
-        name=meta["model"],
-        input_size=(int(height), int(width)),
-        keypoint_names=names,
-        flip_pairs=[(int(i), int(j)) for i, j in json.loads(meta["flip_pairs"])],
-        skeleton=json.loads(meta["skeleton"]),
-        category_id=int(meta["category_id"]),
-        decode=meta["decode"],
-        padding=float(meta["padding"]),
-        mean=json.loads(meta["mean"]),
-        std=json.loads(meta["std"]),
-    )
 
 
 # --------------------------------------------------------------------------- inference
@@ -361,7 +295,7 @@ class PoseEvaluate:
         return evaluator.compute()
 
 
-# --------------------------------------------------------------------------- the four modes
+# --------------------------------------------------------------------------- data
 
 
 def build_datasets(config: PoseConfig) -> tuple[TopDownKeypoints, TopDownKeypoints | None]:
@@ -391,204 +325,177 @@ def build_datasets(config: PoseConfig) -> tuple[TopDownKeypoints, TopDownKeypoin
     return train, val
 
 
-@export("tasks.train_pose")
-def train(config: PoseConfig) -> dict[str, float]:
-    """Train a pose model as ``config`` says; returns the last evaluation's metrics.
+def read_box_file(path: str | Path) -> dict[str, np.ndarray]:
+    """Person boxes by image file name from a COCO results JSON (``[{"file_name", "bbox": [x, y,
+    w, h], "score"}, ...]``, as ``sightkit predict detect`` writes it): ``{name: [N, 5]}`` rows
+    of ``x1, y1, x2, y2, score``.
 
-    Writes ``config.out`` as every engine run does (``config.yaml``, ``metrics.jsonl``,
-    checkpoints, ``last.safetensors`` / ``best.safetensors`` with the metadata
-    :func:`load_pose` reads, ``curves.png``).
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it is not such a list.
     """
-    for name, value, choices in (
-        ("decode", config.decode, DECODE_METHODS),
-        ("upsample", config.upsample, UPSAMPLE_MODES),
-    ):
-        if value not in choices:
-            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    train_set, val_set = build_datasets(config)
-    # The Trainer seeds every RNG, but only after the model exists: seed its initialisation here
-    # so that seed= decides it too.
-    torch.manual_seed(config.seed)
-    model = build_pose_model(config.model, train_set.num_keypoints, config.upsample)
-    criterion = PoseCriterion(model, config.input_size, config.heatmap_sigma, config.rle_form, config.rle_q)
-    evaluate_fn = None
-    if val_set is not None:
-        evaluate_fn = PoseEvaluate(
-            val_set.annotation_file,
-            val_set.keypoint_names,
-            config.input_size,
-            val_set.flip_pairs,
-            category_id=val_set.coco.keypoint_category_id,
-            flip_test=config.flip_test,
-            decode=config.decode,
-        )
-    elif config.best_metric == "AP":
-        config.best_metric, config.best_mode = "val_loss", "min"
-    trainer = Trainer(
-        model,
-        criterion,
-        train_set,
-        config,
-        val_data=val_set,
-        collate_fn=collate_topdown,
-        evaluate=evaluate_fn,
-        weights_metadata=weights_metadata(config, train_set),
-    )
-    return trainer.fit()
-
-
-@export("tasks.evaluate_pose")
-def evaluate(config: PoseEvalConfig, console: Console | None = None) -> dict[str, float]:
-    """COCO keypoint AP/AR of a weights file on a dataset split (plus PCK and per-keypoint
-    errors with ground-truth boxes); writes ``metrics.json``, ``keypoints.json`` (COCO results),
-    ``per_keypoint.json`` and ``pr_curve.png`` to ``config.out`` and prints the tables."""
-    console = console or Console()
-    device = resolve_device(config.device)
-    pose = load_pose(config.weights, device)
-    images, annotations = dataset_files(config.data, config.split)
-    dataset = TopDownKeypoints(
-        images,
-        annotations,
-        pose.input_size,
-        boxes=config.boxes or None,
-        padding=pose.padding,
-        mean=pose.mean,
-        std=pose.std,
-        min_score=config.min_score,
-    )
-    if list(dataset.keypoint_names) != pose.keypoint_names:
-        raise ValueError(
-            f"the weights predict keypoints {pose.keypoint_names}, but {annotations} has {list(dataset.keypoint_names)}"
-        )
-    if len(dataset) == 0:
-        with_boxes = f" with boxes={config.boxes}" if config.boxes else ""
-        raise ValueError(f"no person to evaluate in {annotations}{with_boxes}")
-    decode = config.decode or pose.decode
-    if decode not in DECODE_METHODS:
-        raise ValueError(f"decode must be one of {', '.join(DECODE_METHODS)}, got {decode!r}")
-    loader = DataLoader(dataset, batch_size=config.batch, num_workers=config.workers, collate_fn=collate_topdown)
-    evaluate_fn = PoseEvaluate(
-        annotations,
-        pose.keypoint_names,
-        pose.input_size,
-        pose.flip_pairs,
-        category_id=pose.category_id,
-        flip_test=config.flip_test,
-        decode=decode,
-        oks_nms=config.oks_nms if config.boxes and config.oks_nms < 1 else None,
-    )
-    with Progress(console=console, transient=True) as progress:
-        metrics = evaluate_fn(pose.model, loader, progress)
-    evaluator = evaluate_fn.last
-    assert evaluator is not None  # set by the call above
-    out = Path(config.out) if config.out else Path(config.weights).parent / f"eval_{config.split}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "keypoints.json").write_text(json.dumps(evaluate_fn.results))
-    (out / "per_keypoint.json").write_text(json.dumps(evaluator.rows, indent=2))
-    evaluator.coco.plot_precision_recall(out / "pr_curve.png")
-    boxes = f"detections of {config.boxes}" if config.boxes else "ground-truth boxes"
-    table = Table(title=f"COCO keypoint metrics, {len(dataset)} people of {annotations.name} ({boxes})")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}")
-    console.print(table)
-    if evaluator.rows:
-        console.print(evaluator.per_keypoint_table())
-    console.print(f"wrote metrics.json, keypoints.json, per_keypoint.json and pr_curve.png to [bold]{out}[/]")
-    return metrics
-
-
-def _read_boxes(path: str) -> dict[str, list[list[float]]]:
-    if not path:
-        return {}
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"boxes={path!r} does not exist")
+        raise FileNotFoundError(
+            f"boxes={str(path)!r} does not exist; give the predictions.json of sightkit predict detect"
+        )
     try:
-        boxes = json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"boxes={path!r} is not valid JSON ({error})") from None
-    if not isinstance(boxes, dict) or not all(
-        isinstance(v, list) and all(isinstance(b, list) and len(b) in (4, 5) for b in v) for v in boxes.values()
-    ):
-        raise ValueError(f"boxes={path!r} must map image file names to lists of [x1, y1, x2, y2] or [..., score]")
-    return boxes
+        records = json.loads(file.read_text())
+        boxes: dict[str, list[list[float]]] = {}
+        for record in records:
+            x, y, w, h = (float(v) for v in record["bbox"])
+            boxes.setdefault(str(record["file_name"]), []).append([x, y, x + w, y + h, float(record.get("score", 1.0))])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"boxes={str(path)!r} must be a COCO results JSON whose records have file_name, bbox [x, y, w, h] and "
+            f"score, as sightkit predict detect writes ({type(error).__name__}: {error})"
+        ) from None
+    return {name: np.array(rows, dtype=np.float64) for name, rows in boxes.items()}
 
 
-@export("tasks.predict_pose")
-def predict(config: PosePredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
-    """Find the keypoints of the people in an image or a folder of images (the boxes of
-    ``config.boxes``, else the whole image as one person); draws each picture with its
-    skeletons into ``config.out`` and writes ``poses.json`` (image pixels, with scores)."""
-    from sightkit.tasks.draw_pose import draw_poses
+def _as_boxes(value: Any, where: str) -> np.ndarray:
+    rows = np.asarray(value, dtype=np.float64).reshape(-1, np.shape(value)[-1] if np.size(value) else 4)
+    if rows.shape[1] not in (4, 5):
+        raise ValueError(f"boxes for {where} must be [N, 4] xyxy or [N, 5] xyxy + score, got shape {rows.shape}")
+    return np.concatenate([rows, np.ones((len(rows), 1))], 1) if rows.shape[1] == 4 else rows
 
-    console = console or Console()
-    device = resolve_device(config.device)
-    pose = load_pose(config.weights, device)
-    paths = image_paths(config.source)
-    given = _read_boxes(config.boxes)
-    height, width = pose.input_size
-    mean = torch.tensor(pose.mean).view(3, 1, 1) * 255
-    std = torch.tensor(pose.std).view(3, 1, 1) * 255
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("predicting", total=len(paths))
-        for path in paths:
-            image = read_image(path)
-            rows = given.get(path.name, [[0.0, 0.0, float(image.shape[-1]), float(image.shape[-2])]])
-            boxes = torch.tensor([row[:4] for row in rows], dtype=torch.float64).reshape(-1, 4)
-            box_scores = torch.tensor([row[4] if len(row) == 5 else 1.0 for row in rows])
-            center, size = box_to_center_size(boxes, width / height, pose.padding)
-            matrices = get_affine_transform(center, size, (width, height))
-            pixels = image.numpy().transpose(1, 2, 0)
-            crops = [torch.from_numpy(warp_image(pixels, m, pose.input_size)).permute(2, 0, 1) for m in matrices]
-            batch = (torch.stack(crops).float() - mean) / std if crops else torch.zeros(0, 3, height, width)
-            points, scores = predict_crops(
-                pose.model, batch.to(device), pose.input_size, pose.flip_pairs, config.flip_test, pose.decode
-            )
-            image_points = affine_keypoints(points.cpu().double(), invert_affine(matrices)).float()
-            keypoints = torch.cat([image_points, scores.cpu()[..., None]], -1)
-            people = person_scores(box_scores, scores.cpu())
-            picture = out / f"{path.stem}.jpg"
-            draw_poses(image, keypoints, pose.skeleton, pose.keypoint_names, picture, boxes.float(), config.conf)
-            found = [
-                {
-                    "box": [round(v, 2) for v in box],
-                    "score": round(score, 4),
-                    "keypoints": [[round(x, 2), round(y, 2), round(s, 4)] for x, y, s in kps],
-                }
-                for box, score, kps in zip(boxes.tolist(), people.tolist(), keypoints.tolist(), strict=True)
+
+# --------------------------------------------------------------------------- the predictor
+
+
+@export("tasks.PosePredictor")
+class PosePredictor(Predictor):
+    """Pose weights, called on images: ``Results`` with the people's ``boxes``, ``scores``
+    (SimpleBaseline's rescoring), ``keypoints`` ``[N, K, 3]`` (x, y, score in image pixels),
+    ``labels`` (0, the person class) and the skeleton in ``extra``.
+
+    Options:
+        conf: keep people scoring at least this (default 0).
+        boxes: the people's boxes: None (the detector's, else the whole image), an ``[N, 4]``
+            or ``[N, 5]`` (with scores) array for every image, a dict of such arrays by file
+            name, or the path of a COCO results JSON (:func:`read_box_file`).
+        detector: a detection :class:`~sightkit.Predictor` or its weights file, run first
+            (top-down; boxes of a class named "person" when it has one, else all).
+        detector_conf: the detector's ``conf`` (default 0.5).
+        flip_test: average with the mirrored crops (default True).
+        keypoint_conf: keypoints scoring below it are not drawn (default 0.3).
+    """
+
+    task = "pose"
+    options: ClassVar[dict[str, Any]] = {
+        "conf": 0.0, "boxes": None, "detector": None, "detector_conf": 0.5, "flip_test": True, "keypoint_conf": 0.3
+    }  # fmt: skip
+
+    def __init__(self, model: nn.Module, metadata: dict[str, str], device: Any = None) -> None:
+        super().__init__(model, metadata, device)
+        height, width = json.loads(metadata["input_size"])
+        self.input_size = (int(height), int(width))
+        self.keypoint_names: list[str] = json.loads(metadata["keypoint_names"])
+        self.flip_pairs = [(int(i), int(j)) for i, j in json.loads(metadata["flip_pairs"])]
+        self.skeleton: list[list[int]] = json.loads(metadata["skeleton"])
+        self.category_id, self.decode = int(metadata["category_id"]), metadata["decode"]
+        self.padding = float(metadata["padding"])
+        self.mean, self.std = json.loads(metadata["mean"]), json.loads(metadata["std"])
+        self.names = ["person"]
+        self._detectors: dict[str, Predictor] = {}
+
+    def settings(self, **given: Any) -> dict[str, Any]:
+        settings = super().settings(**given)
+        if isinstance(settings["boxes"], str | Path):
+            settings["boxes"] = read_box_file(settings["boxes"]) if str(settings["boxes"]) else None
+        detector = settings["detector"]
+        if isinstance(detector, str | Path) and str(detector):
+            if str(detector) not in self._detectors:
+                self._detectors[str(detector)] = runner.load_for(runner.get_task("detect"), detector, self.device)
+            settings["detector"] = self._detectors[str(detector)]
+        return settings
+
+    def person_boxes(self, frames: Sequence[Any], settings: dict[str, Any]) -> list[np.ndarray]:
+        """``[N, 5]`` (x1, y1, x2, y2, score) boxes of the people in each frame."""
+        given, detector = settings["boxes"], settings["detector"]
+        if detector:
+            found = detector.predict_frames(frames, detector.settings(conf=settings["detector_conf"]))
+            person = detector.names.index("person") if "person" in detector.names else None
+            return [
+                np.concatenate([r.boxes, r.scores[:, None]], 1)[(r.labels == person) if person is not None else ...]
+                for r in found
             ]
-            records.append({"image": str(path), "picture": str(picture), "people": found})
-            progress.advance(task)
-    (out / "poses.json").write_text(json.dumps(records, indent=2))
-    total = sum(len(r["people"]) for r in records)
-    console.print(f"{total} people in {len(paths)} images; pictures and poses.json in [bold]{out}[/]")
-    return records
+        boxes = []
+        for frame in frames:
+            height, width = frame.image.shape[:2]
+            whole = np.array([[0.0, 0.0, width, height, 1.0]])
+            if given is None:
+                boxes.append(whole)
+            elif isinstance(given, dict):
+                rows = given.get(Path(frame.path).name)
+                boxes.append(np.zeros((0, 5)) if rows is None else _as_boxes(rows, frame.path))
+            else:
+                boxes.append(_as_boxes(given, frame.path))
+        return boxes
+
+    def preprocess(self, frames: Sequence[Any], settings: dict[str, Any]) -> dict[str, Any]:
+        height, width = self.input_size
+        mean = torch.tensor(self.mean).view(3, 1, 1) * 255
+        std = torch.tensor(self.std).view(3, 1, 1) * 255
+        boxes = self.person_boxes(frames, settings)
+        crops, matrices = [], []
+        for frame, rows in zip(frames, boxes, strict=True):
+            center, size = box_to_center_size(torch.from_numpy(rows[:, :4]), width / height, self.padding)
+            frame_matrices = get_affine_transform(center, size, (width, height))
+            matrices.append(frame_matrices)
+            crops += [
+                torch.from_numpy(warp_image(frame.image, m, self.input_size)).permute(2, 0, 1) for m in frame_matrices
+            ]
+        batch = (torch.stack(crops).float() - mean) / std if crops else torch.zeros(0, 3, height, width)
+        return {
+            "crops": batch.to(self.device),
+            "boxes": boxes,
+            "matrices": matrices,
+            "flip_test": settings["flip_test"],
+        }
+
+    def forward(self, inputs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        return predict_crops(
+            self.model, inputs["crops"], self.input_size, self.flip_pairs, inputs["flip_test"], self.decode
+        )
+
+    def postprocess(
+        self, outputs: tuple[Tensor, Tensor], inputs: dict[str, Any], frames: Sequence[Any], settings: dict[str, Any]
+    ) -> list[Results]:
+        points, scores = (value.cpu() for value in outputs)
+        results, start = [], 0
+        for frame, rows, matrices in zip(frames, inputs["boxes"], inputs["matrices"], strict=True):
+            end = start + len(rows)
+            image_points = affine_keypoints(points[start:end].double(), invert_affine(matrices)).float()
+            keypoints = torch.cat([image_points, scores[start:end, :, None]], -1)
+            people = person_scores(torch.from_numpy(rows[:, 4]).float(), scores[start:end])
+            keep = people >= settings["conf"]
+            extra = {
+                "skeleton": self.skeleton,
+                "keypoint_names": self.keypoint_names,
+                "threshold": settings["keypoint_conf"],
+            }
+            results.append(
+                frame_results(
+                    frame,
+                    self.task,
+                    self.names,
+                    category_ids=[self.category_id],
+                    boxes=rows[keep.numpy(), :4],
+                    scores=people[keep],
+                    labels=torch.zeros(int(keep.sum()), dtype=torch.long),
+                    keypoints=keypoints[keep],
+                    extra=extra,
+                )
+            )
+            start = end
+        return results
 
 
-def export_spec(weights: str | Path, imgsz: int = 0) -> ExportSpec:
-    """What ``sightkit export onnx`` needs for pose weights: the model with its outputs as a
-    tuple (``heatmaps``; ``coords``; or ``coords, sigma``), example crops ``images``
-    ``[2, 3, H, W]`` (``imgsz`` sets ``H`` and keeps the aspect ratio) and a dynamic batch axis
-    (two examples: torch.export specialises a size-1 axis, which cannot then be dynamic)."""
-    pose = load_pose(weights)
-    height, width = pose.input_size
-    if imgsz:
-        height, width = imgsz, max(1, round(imgsz * width / height))
-    with torch.no_grad():
-        names = list(pose.model(torch.zeros(1, 3, height, width)))
-    return ExportSpec(
-        module=OnnxPose(pose.model, names),
-        name=pose.name,
-        inputs={"images": torch.randn(2, 3, height, width)},
-        output_names=names,
-        dynamic_shapes={"images": {0: torch.export.Dim("batch", max=256)}},
-    )
+@export("tasks.load_pose")
+def load_pose(weights: str | Path, device: torch.device | str = "cpu") -> PosePredictor:
+    """:func:`sightkit.load` for pose weights (a clear error for other files)."""
+    return runner.load_for(POSE, weights, device)
 
 
 class OnnxPose(nn.Module):
@@ -601,3 +508,139 @@ class OnnxPose(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         outputs = self.model(images)
         return tuple(outputs[name] for name in self.names)
+
+
+# --------------------------------------------------------------------------- the task
+
+
+class PoseTask(Task):
+    """Top-down human pose (``sightkit train|eval|predict pose``)."""
+
+    name = "pose"
+    summary = "keypoints of people (RLE, regression, heatmaps), top-down from person boxes"
+    train_config = PoseConfig
+    eval_config = PoseEvalConfig
+    predict_config = PosePredictConfig
+
+    def training_parts(self, config: PoseConfig) -> TrainingParts:
+        for key, value, choices in (
+            ("decode", config.decode, DECODE_METHODS),
+            ("upsample", config.upsample, UPSAMPLE_MODES),
+        ):
+            if value not in choices:
+                raise ValueError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+        train_set, val_set = build_datasets(config)
+        model = build_model(self.name, config.model, num_keypoints=train_set.num_keypoints, upsample=config.upsample)
+        criterion = PoseCriterion(model, config.input_size, config.heatmap_sigma, config.rle_form, config.rle_q)
+        evaluate = None
+        if val_set is not None:
+            evaluate = PoseEvaluate(
+                val_set.annotation_file,
+                val_set.keypoint_names,
+                config.input_size,
+                val_set.flip_pairs,
+                category_id=val_set.coco.keypoint_category_id,
+                flip_test=config.flip_test,
+                decode=config.decode,
+            )
+        return TrainingParts(
+            model, criterion, train_set, val_set, collate_topdown, evaluate, weights_metadata(config, train_set)
+        )
+
+    def load(self, weights: str | Path, metadata: dict[str, str], device: Any) -> PosePredictor:
+        names = json.loads(metadata["keypoint_names"])
+        model = build_model(self.name, metadata["model"], num_keypoints=len(names), upsample=metadata["upsample"])
+        return PosePredictor(load_weights(model, weights), metadata, device)
+
+    def eval_plan(self, config: PoseEvalConfig, predictor: PosePredictor) -> EvalPlan:
+        images, annotations = dataset_files(config.data, config.split)
+        dataset = TopDownKeypoints(
+            images,
+            annotations,
+            predictor.input_size,
+            boxes=config.boxes or None,
+            padding=predictor.padding,
+            mean=predictor.mean,
+            std=predictor.std,
+            min_score=config.min_score,
+        )
+        if list(dataset.keypoint_names) != predictor.keypoint_names:
+            raise ValueError(
+                f"the weights predict keypoints {predictor.keypoint_names}, but {annotations} has "
+                f"{list(dataset.keypoint_names)}"
+            )
+        if len(dataset) == 0:
+            with_boxes = f" with boxes={config.boxes}" if config.boxes else ""
+            raise ValueError(f"no person to evaluate in {annotations}{with_boxes}")
+        decode = config.decode or predictor.decode
+        if decode not in DECODE_METHODS:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_METHODS)}, got {decode!r}")
+        evaluate = PoseEvaluate(
+            annotations,
+            predictor.keypoint_names,
+            predictor.input_size,
+            predictor.flip_pairs,
+            category_id=predictor.category_id,
+            flip_test=config.flip_test,
+            decode=decode,
+            oks_nms=config.oks_nms if config.boxes and config.oks_nms < 1 else None,
+        )
+
+        def report(out: Path, console: Console) -> list[str]:
+            evaluator = evaluate.last
+            (out / "keypoints.json").write_text(json.dumps(evaluate.results))
+            (out / "per_keypoint.json").write_text(json.dumps(evaluator.rows, indent=2))
+            evaluator.coco.plot_precision_recall(out / "pr_curve.png")
+            if evaluator.rows:
+                console.print(evaluator.per_keypoint_table())
+            return ["keypoints.json", "per_keypoint.json", "pr_curve.png"]
+
+        boxes = f"detections of {config.boxes}" if config.boxes else "ground-truth boxes"
+        title = f"COCO keypoint metrics, {len(dataset)} people of {annotations.name} ({boxes})"
+        return EvalPlan(dataset, collate_topdown, evaluate, title, report, f"eval_{config.split}")
+
+    def predict_options(self, config: PosePredictConfig) -> dict[str, Any]:
+        return {
+            "boxes": config.boxes or None, "detector": config.detector or None, "flip_test": config.flip_test,
+            "keypoint_conf": config.keypoint_conf,
+        }  # fmt: skip
+
+    def export_spec(self, predictor: PosePredictor, imgsz: int = 0) -> ExportSpec:
+        """The model with its outputs as a tuple (``heatmaps``; ``coords``; or ``coords, sigma``),
+        example crops ``images`` ``[2, 3, H, W]`` (``imgsz`` sets ``H`` and keeps the aspect
+        ratio) and a dynamic batch axis (two examples: torch.export specialises a size-1 axis)."""
+        height, width = predictor.input_size
+        if imgsz:
+            height, width = imgsz, max(1, round(imgsz * width / height))
+        with torch.no_grad():
+            names = list(predictor.model(torch.zeros(1, 3, height, width, device=predictor.device)))
+        return ExportSpec(
+            module=OnnxPose(predictor.model, names),
+            name=predictor.name,
+            inputs={"images": torch.randn(2, 3, height, width)},
+            output_names=names,
+            dynamic_shapes={"images": {0: torch.export.Dim("batch", max=256)}},
+        )
+
+
+POSE = register_task(PoseTask())
+
+
+@export("tasks.train_pose")
+def train(config: PoseConfig) -> dict[str, float]:
+    """Train a pose model as ``config`` says (:func:`sightkit.tasks.runner.train`)."""
+    return runner.train(POSE, config)
+
+
+@export("tasks.evaluate_pose")
+def evaluate(config: PoseEvalConfig, console: Console | None = None) -> dict[str, float]:
+    """COCO keypoint AP/AR of a weights file on a dataset split (plus PCK and per-keypoint
+    errors with ground-truth boxes); writes ``metrics.json``, ``keypoints.json`` (COCO results),
+    ``per_keypoint.json`` and ``pr_curve.png``."""
+    return runner.evaluate(POSE, config, console)
+
+
+@export("tasks.predict_pose")
+def predict(config: PosePredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
+    """Keypoints of the people in ``config.source`` (:func:`sightkit.tasks.runner.predict`)."""
+    return runner.predict(POSE, config, console)

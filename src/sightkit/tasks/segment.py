@@ -14,7 +14,9 @@ or ``images/<split>/`` + ``masks/<split>/`` + ``classes.txt``.
 Evaluation scores each prediction at the resolution of its original mask: the logits of the
 resized image are cropped to its unpadded area and interpolated bilinearly to the mask's
 size before the arg-max. Weights files carry the task, the model name and its options, the
-class names, the input size and the normalisation in their metadata.
+class names, the input size and the normalisation in their metadata. :class:`SegmentTask`
+declares the parts to the task registry; :class:`SegmentPredictor` is what
+:func:`sightkit.load` returns for segmentation weights (``Results.masks``: a class map).
 """
 
 from __future__ import annotations
@@ -22,45 +24,36 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from torchvision import tv_tensors
 
 from sightkit._api import export
-from sightkit.data.coco import read_image
-from sightkit.data.segmentation import (
-    IMAGE_SUFFIXES,
-    SegmentationDataset,
-    collate_segmentation,
-    segmentation_transforms,
-)
+from sightkit.config import EvalConfig, PredictConfig, setting
+from sightkit.data.segmentation import SegmentationDataset, collate_segmentation, segmentation_transforms
 from sightkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sightkit.engine.checkpoint import load_weights
-from sightkit.engine.trainer import TrainConfig, Trainer
+from sightkit.engine.trainer import TrainConfig
 from sightkit.eval.segmentation import SegmentationEvaluator
 from sightkit.losses.segmentation import SegmentationLoss
 from sightkit.models.registry import create_model, list_models
 from sightkit.models.seg import STRIDE
 from sightkit.nn.upsample import UPSAMPLE_MODES
-from sightkit.tasks.common import image_paths, read_metadata, resolve_device
-from sightkit.tasks.draw import PALETTE
+from sightkit.predictor import Predictor, frame_results, image_tensor, pad_images
+from sightkit.results import Results
+from sightkit.tasks import runner
 from sightkit.tasks.export import ExportSpec
+from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
 TASK = "segment"
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @export("tasks.SegmentConfig")
@@ -69,51 +62,40 @@ class SegmentConfig(TrainConfig):
     """Settings of ``sightkit train segment``: the engine's keys plus the segmentation ones.
     Defaults train from scratch (AdamW lr 1e-3, cosine schedule, backbone at the full rate)."""
 
-    model: str = field(default="unet_r18_tiny", metadata=_help("model name: fcn_r18_tiny, fcn_r50, unet_r18_tiny, ..."))
-    upsample: str = field(
-        default="", metadata=_help(f"upsampling mode ('' : the model's): {', '.join(UPSAMPLE_MODES)}")
-    )
-    data: str = field(default="runs/data/shapes", metadata=_help("dataset folder: images/ and masks/ (module docs)"))
-    train_split: str = field(default="train", metadata=_help("split to train on"))
-    val_split: str = field(default="val", metadata=_help("split to evaluate on ('' : none)"))
-    imgsz: int = field(default=256, metadata=_help("crop side in training; shorter image side in evaluation"))
-    max_size: int = field(default=0, metadata=_help("longest image side in evaluation (0: no limit)"))
-    scale_min: float = field(default=0.5, metadata=_help("smallest random scale of the shorter side (x imgsz)"))
-    scale_max: float = field(default=2.0, metadata=_help("largest random scale of the shorter side (x imgsz)"))
-    dice_weight: float = field(default=0.0, metadata=_help("weight of the Dice loss next to cross-entropy (0: off)"))
-    ignore_index: int = field(default=255, metadata=_help("mask value of unlabelled pixels"))
-    out: str = field(default="runs/segment/train", metadata=_help("run folder (checkpoints, metrics, plots)"))
-    epochs: int = field(default=50, metadata=_help("passes over the training data (0: steps decides)"))
-    batch: int = field(default=8, metadata=_help("global batch of one optimiser step, all processes together"))
-    lr: float = field(default=1e-3, metadata=_help("base learning rate"))
-    best_metric: str = field(default="mIoU", metadata=_help("metric that picks best.pt"))
-    best_mode: str = field(default="max", metadata=_help("max or min: which way best_metric improves"))
+    model: str = setting("unet_r18_tiny", "model name: fcn_r18_tiny, fcn_r50, unet_r18_tiny, ...")
+    upsample: str = setting("", f"upsampling mode ('' : the model's): {', '.join(UPSAMPLE_MODES)}")
+    data: str = setting("runs/data/shapes", "dataset folder: images/ and masks/ (module docs)")
+    train_split: str = setting("train", "split to train on")
+    val_split: str = setting("val", "split to evaluate on ('' : none)")
+    imgsz: int = setting(256, "crop side in training; shorter image side in evaluation")
+    max_size: int = setting(0, "longest image side in evaluation (0: no limit)")
+    scale_min: float = setting(0.5, "smallest random scale of the shorter side (x imgsz)")
+    scale_max: float = setting(2.0, "largest random scale of the shorter side (x imgsz)")
+    dice_weight: float = setting(0.0, "weight of the Dice loss next to cross-entropy (0: off)")
+    ignore_index: int = setting(255, "mask value of unlabelled pixels")
+    out: str = setting("runs/segment/train", "run folder (checkpoints, metrics, plots)")
+    epochs: int = setting(50, "passes over the training data (0: steps decides)")
+    batch: int = setting(8, "global batch of one optimiser step, all processes together")
+    lr: float = setting(1e-3, "base learning rate")
+    best_metric: str = setting("mIoU", "metric that picks best.pt")
+    best_mode: str = setting("max", "max or min: which way best_metric improves")
 
 
 @export("tasks.SegmentEvalConfig")
 @dataclass
-class SegmentEvalConfig:
+class SegmentEvalConfig(EvalConfig):
     """Settings of ``sightkit eval segment``."""
 
-    weights: str = field(default="", metadata=_help("a .safetensors file written by sightkit train segment"))
-    data: str = field(default="runs/data/shapes", metadata=_help("dataset folder: images/ and masks/"))
-    split: str = field(default="val", metadata=_help("split to evaluate"))
-    out: str = field(default="", metadata=_help("folder for metrics.json and confusion.png ('' : next to weights)"))
-    batch: int = field(default=8, metadata=_help("images per forward pass"))
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
-    workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
+    data: str = setting("runs/data/shapes", "dataset folder: images/ and masks/")
 
 
 @export("tasks.SegmentPredictConfig")
 @dataclass
-class SegmentPredictConfig:
+class SegmentPredictConfig(PredictConfig):
     """Settings of ``sightkit predict segment``."""
 
-    weights: str = field(default="", metadata=_help("a .safetensors file written by sightkit train segment"))
-    source: str = field(default="", metadata=_help("an image or a folder of images"))
-    out: str = field(default="runs/segment/predict", metadata=_help("folder for masks, pictures, predictions.json"))
-    alpha: float = field(default=0.5, metadata=_help("opacity of the class colours over the image"))
-    device: str = field(default="", metadata=_help("cpu, cuda, cuda:K ('' : cuda if available)"))
+    out: str = setting("runs/segment/predict", "folder for the pictures and predictions.jsonl (RLE masks)")
+    conf: float = setting(0.0, "pixels whose best class is less probable than this are background")
 
 
 # --------------------------------------------------------------------------- data
@@ -175,17 +157,15 @@ def build_datasets(config: SegmentConfig) -> tuple[SegmentationDataset, Segmenta
 def check_model(name: str, upsample: str = "") -> None:
     """Raise ``ValueError`` unless ``name`` is a registered segmentation model and ``upsample``
     is ``''`` or a mode of :class:`sightkit.nn.Upsample`."""
-    if name not in list_models():
-        raise ValueError(f"model={name!r} is not a registered model; choose one of {', '.join(list_models())}")
-    if not name.startswith(("fcn_", "unet_")):
-        raise ValueError(f"model={name!r} is not a segmentation model; choose fcn_* or unet_*")
+    if name not in list_models(TASK):
+        raise ValueError(f"model={name!r} is not a segment model; choose one of {', '.join(list_models(TASK))}")
     if upsample and upsample not in UPSAMPLE_MODES:
         raise ValueError(
             f"upsample must be one of {', '.join(UPSAMPLE_MODES)} (or '' for the model's), got {upsample!r}"
         )
 
 
-def build_model(name: str, num_classes: int, upsample: str = "") -> nn.Module:
+def build_segmenter(name: str, num_classes: int, upsample: str = "") -> nn.Module:
     """``create_model(name, num_classes=..., upsample=...)`` after :func:`check_model`."""
     check_model(name, upsample)
     return create_model(name, num_classes=num_classes, **({"upsample": upsample} if upsample else {}))
@@ -206,59 +186,18 @@ def weights_metadata(config: SegmentConfig, model: nn.Module, classes: Sequence[
     }
 
 
-@dataclass
-class LoadedSegmenter:
-    """A model rebuilt from a weights file, with what its metadata says about it."""
-
-    model: nn.Module
-    name: str
-    classes: list[str]
-    imgsz: int
-    max_size: int
-    ignore_index: int
-    mean: list[float]
-    std: list[float]
-
-    def transforms(self) -> Any:
-        return segmentation_transforms(
-            "eval", size=self.imgsz, max_size=self.max_size or None, mean=self.mean, std=self.std
-        )
-
-
-def load_segmenter(weights: str | Path, device: torch.device | str = "cpu") -> LoadedSegmenter:
-    """Rebuild the model that wrote ``weights`` and load them.
-
-    Raises:
-        ValueError: the file was not written by ``sightkit train segment``.
-    """
-    meta = read_metadata(weights)
-    if meta.get("task") != TASK or "model" not in meta:
-        raise ValueError(
-            f"weights={str(weights)!r} were not written by `sightkit train segment` (their metadata: "
-            f"task={meta.get('task')!r}, model={meta.get('model')!r})"
-        )
-    classes = json.loads(meta["classes"])
-    model = build_model(meta["model"], len(classes), meta.get("upsample", ""))
-    load_weights(model, weights)
-    return LoadedSegmenter(
-        model=model.to(device).eval(),
-        name=meta["model"],
-        classes=classes,
-        imgsz=int(meta["imgsz"]),
-        max_size=int(meta["max_size"]),
-        ignore_index=int(meta["ignore_index"]),
-        mean=json.loads(meta["mean"]),
-        std=json.loads(meta["std"]),
-    )
-
-
-def labels_at(logits: Tensor, size: Sequence[int], output_size: Sequence[int]) -> Tensor:
-    """Class indices ``[H, W]`` at ``output_size`` from one image's ``[K, h_pad, w_pad]`` logits,
-    of which the top-left ``size`` (the resized image before padding) is the image."""
+def resized_logits(logits: Tensor, size: Sequence[int], output_size: Sequence[int]) -> Tensor:
+    """One image's ``[K, h_pad, w_pad]`` logits cropped to its top-left ``size`` (the resized
+    image before padding) and interpolated bilinearly to ``output_size``: ``[K, H, W]``."""
     cropped = logits[None, :, : int(size[0]), : int(size[1])]
     if tuple(cropped.shape[-2:]) != tuple(output_size):
         cropped = F.interpolate(cropped.float(), size=tuple(int(s) for s in output_size), mode="bilinear")
-    return cropped[0].argmax(0)
+    return cropped[0]
+
+
+def labels_at(logits: Tensor, size: Sequence[int], output_size: Sequence[int]) -> Tensor:
+    """Class indices ``[H, W]`` at ``output_size`` (see :func:`resized_logits`)."""
+    return resized_logits(logits, size, output_size).argmax(0)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -294,164 +233,149 @@ class SegmentEvaluate:
         return evaluator.compute()
 
 
-# --------------------------------------------------------------------------- pictures
+# --------------------------------------------------------------------------- the predictor
 
 
-def overlay_mask(
-    image: Tensor, labels: Tensor, classes: Sequence[str], path: str | Path, alpha: float = 0.5
-) -> Image.Image:
-    """Blend a colour per class (none for class 0, the background) over ``image`` (uint8
-    ``[3, H, W]``), add a legend of the classes present, save to ``path``; returns the picture."""
-    pixels = image.permute(1, 2, 0).cpu().numpy().astype(np.float32)
-    labels_np = labels.cpu().numpy()
-    colours = np.array([(0, 0, 0), *(PALETTE[k % len(PALETTE)] for k in range(len(classes) - 1))], dtype=np.float32)
-    painted = labels_np > 0
-    pixels[painted] = (1 - alpha) * pixels[painted] + alpha * colours[labels_np[painted]]
-    picture = Image.fromarray(np.clip(pixels.round(), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default(size=max(10, max(picture.size) // 30))
-    y = 2
-    for k in sorted(set(np.unique(labels_np).tolist()) - {0}):
-        left, top, right, bottom = draw.textbbox((4, y), classes[k], font=font)
-        draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=tuple(int(c) for c in colours[k]))
-        draw.text((4, y), classes[k], fill=(255, 255, 255), font=font)
-        y = bottom + 3
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path, quality=92)
-    return picture
+@export("tasks.SegmentPredictor")
+class SegmentPredictor(Predictor):
+    """Segmentation weights, called on images: ``Results.masks``, the class index of every pixel
+    of the original image (``[H, W]`` int64, 0 the background), and ``names``.
+
+    Option ``conf``: pixels whose most probable class has a probability below it are background
+    (default 0: the arg-max everywhere).
+    """
+
+    task = TASK
+    options: ClassVar[dict[str, Any]] = {"conf": 0.0}
+
+    def __init__(self, model: nn.Module, metadata: dict[str, str], device: Any = None) -> None:
+        super().__init__(model, metadata, device)
+        self.names = self.classes = json.loads(metadata["classes"])
+        self.imgsz, self.max_size = int(metadata["imgsz"]), int(metadata["max_size"])
+        self.ignore_index = int(metadata["ignore_index"])
+        self.mean, self.std = json.loads(metadata["mean"]), json.loads(metadata["std"])
+        self.transforms = segmentation_transforms(
+            "eval", size=self.imgsz, max_size=self.max_size or None, mean=self.mean, std=self.std
+        )
+
+    def preprocess(self, frames: Sequence[Any], settings: dict[str, Any]) -> dict[str, Any]:
+        images = [self.transforms(tv_tensors.Image(image_tensor(f))).as_subclass(Tensor) for f in frames]
+        batch, _ = pad_images(images, STRIDE)
+        return {"images": batch.to(self.device), "sizes": [image.shape[-2:] for image in images]}
+
+    def forward(self, inputs: dict[str, Any]) -> Tensor:
+        return self.model(inputs["images"])
+
+    def postprocess(
+        self, outputs: Tensor, inputs: dict[str, Any], frames: Sequence[Any], settings: dict[str, Any]
+    ) -> list[Results]:
+        results = []
+        for logits, size, frame in zip(outputs, inputs["sizes"], frames, strict=True):
+            probabilities = resized_logits(logits, size, frame.image.shape[:2]).softmax(0)
+            best, labels = probabilities.max(0)
+            labels[best < settings["conf"]] = 0
+            results.append(frame_results(frame, TASK, self.names, masks=labels))
+        return results
 
 
-def save_label_png(labels: Tensor, classes: Sequence[str], path: str | Path) -> None:
-    """Write class indices as an 8-bit palette PNG (readable back as a mask; viewers show the colours)."""
-    picture = Image.fromarray(labels.cpu().numpy().astype(np.uint8)).convert("P")
-    palette = [0, 0, 0] + [c for k in range(len(classes) - 1) for c in PALETTE[k % len(PALETTE)]]
-    picture.putpalette(palette + [0] * (768 - len(palette)))
-    picture.save(path)
+def load_segmenter(weights: str | Path, device: torch.device | str = "cpu") -> SegmentPredictor:
+    """:func:`sightkit.load` for segmentation weights (a clear error for other files)."""
+    return runner.load_for(SEGMENT, weights, device)
 
 
-# --------------------------------------------------------------------------- the four modes
+# --------------------------------------------------------------------------- the task
+
+
+class SegmentTask(Task):
+    """Semantic segmentation (``sightkit train|eval|predict segment``)."""
+
+    name = TASK
+    summary = "a class for every pixel (FCN, U-Net)"
+    train_config = SegmentConfig
+    eval_config = SegmentEvalConfig
+    predict_config = SegmentPredictConfig
+
+    def training_parts(self, config: SegmentConfig) -> TrainingParts:
+        check_model(config.model, config.upsample)  # before reading any data
+        train_set, val_set = build_datasets(config)
+        model = build_segmenter(config.model, len(train_set.classes), config.upsample)
+        criterion = SegmentCriterion(SegmentationLoss(config.ignore_index, config.dice_weight))
+        evaluate = SegmentEvaluate(train_set.classes, config.ignore_index) if val_set is not None else None
+        return TrainingParts(
+            model,
+            criterion,
+            train_set,
+            val_set,
+            SegmentCollate(config.ignore_index),
+            evaluate,
+            weights_metadata(config, model, train_set.classes),
+            loss_weights=criterion.weight_dict,
+        )
+
+    def load(self, weights: str | Path, metadata: dict[str, str], device: Any) -> SegmentPredictor:
+        model = build_segmenter(metadata["model"], len(json.loads(metadata["classes"])), metadata.get("upsample", ""))
+        return SegmentPredictor(load_weights(model, weights), metadata, device)
+
+    def eval_plan(self, config: SegmentEvalConfig, predictor: SegmentPredictor) -> EvalPlan:
+        dataset = SegmentationDataset(
+            config.data, config.split, predictor.transforms, ignore_index=predictor.ignore_index, keep_original=True
+        )
+        if dataset.classes != predictor.classes:
+            raise ValueError(
+                f"the weights were trained on classes {predictor.classes}, but split {config.split!r} of "
+                f"{config.data} has {dataset.classes}"
+            )
+        evaluate = SegmentEvaluate(predictor.classes, predictor.ignore_index)
+
+        def report(out: Path, console: Console) -> list[str]:
+            evaluator = evaluate.last
+            per_class = [
+                {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                for row in evaluator.per_class()
+            ]
+            (out / "per_class.json").write_text(json.dumps(per_class, indent=2))
+            evaluator.plot_confusion(out / "confusion.png")
+            console.print(evaluator.per_class_table())
+            return ["per_class.json", "confusion.png"]
+
+        title = f"segmentation metrics, {len(dataset)} images of split {config.split!r}"
+        collate = SegmentCollate(predictor.ignore_index)
+        return EvalPlan(dataset, collate, evaluate, title, report, f"eval_{config.split}")
+
+    def export_spec(self, predictor: SegmentPredictor, imgsz: int = 0) -> ExportSpec:
+        """The model, an example ``images`` [1, 3, S, S] (normalised, ``S`` the size rounded up to
+        a multiple of 32) and dynamic batch, height and width (multiples of 32); the output is
+        ``logits`` [B, K, H, W]."""
+        side = math.ceil((imgsz or predictor.imgsz) / STRIDE) * STRIDE
+        batch = torch.export.Dim("batch", max=64)
+        height, width = torch.export.Dim("height_32", max=256), torch.export.Dim("width_32", max=256)
+        return ExportSpec(
+            module=predictor.model,
+            name=predictor.name,
+            inputs={"images": torch.randn(1, 3, side, side)},
+            output_names=["logits"],
+            dynamic_shapes={"images": {0: batch, 2: STRIDE * height, 3: STRIDE * width}},
+        )
+
+
+SEGMENT = register_task(SegmentTask())
 
 
 @export("tasks.train_segment")
 def train(config: SegmentConfig) -> dict[str, float]:
-    """Train a segmentation model as ``config`` says; returns the last evaluation's metrics.
-
-    Writes ``config.out``: ``config.yaml``, ``metrics.jsonl``, checkpoints, ``last.safetensors``
-    and ``best.safetensors`` (with the metadata :func:`load_segmenter` reads) and ``curves.png``.
-    """
-    check_model(config.model, config.upsample)  # before reading any data
-    train_set, val_set = build_datasets(config)
-    torch.manual_seed(config.seed)  # the Trainer seeds after the model exists: seed= fixes its initialisation too
-    model = build_model(config.model, len(train_set.classes), config.upsample)
-    criterion = SegmentCriterion(SegmentationLoss(config.ignore_index, config.dice_weight))
-    evaluate_fn = SegmentEvaluate(train_set.classes, config.ignore_index) if val_set is not None else None
-    if val_set is None and config.best_metric == "mIoU":
-        config.best_metric, config.best_mode = "val_loss", "min"
-    trainer = Trainer(
-        model,
-        criterion,
-        train_set,
-        config,
-        loss_weights=criterion.weight_dict,
-        val_data=val_set,
-        collate_fn=SegmentCollate(config.ignore_index),
-        evaluate=evaluate_fn,
-        weights_metadata=weights_metadata(config, model, train_set.classes),
-    )
-    return trainer.fit()
+    """Train a segmentation model as ``config`` says (:func:`sightkit.tasks.runner.train`)."""
+    return runner.train(SEGMENT, config)
 
 
 @export("tasks.evaluate_segment")
 def evaluate(config: SegmentEvalConfig, console: Console | None = None) -> dict[str, float]:
     """mIoU, pixel accuracy and per-class IoU of a weights file on a dataset split; writes
-    ``metrics.json``, ``per_class.json`` and ``confusion.png`` to ``config.out``."""
-    console = console or Console()
-    segmenter = load_segmenter(config.weights, resolve_device(config.device))
-    dataset = SegmentationDataset(
-        config.data, config.split, segmenter.transforms(), ignore_index=segmenter.ignore_index, keep_original=True
-    )
-    if dataset.classes != segmenter.classes:
-        raise ValueError(
-            f"the weights were trained on classes {segmenter.classes}, but split {config.split!r} of {config.data} "
-            f"has {dataset.classes}"
-        )
-    loader = DataLoader(
-        dataset, batch_size=config.batch, num_workers=config.workers, collate_fn=SegmentCollate(segmenter.ignore_index)
-    )
-    evaluate_fn = SegmentEvaluate(segmenter.classes, segmenter.ignore_index)
-    with Progress(console=console, transient=True) as progress:
-        metrics = evaluate_fn(segmenter.model, loader, progress)
-    evaluator = evaluate_fn.last
-    assert evaluator is not None  # set by the call above
-    out = Path(config.out) if config.out else Path(config.weights).parent / f"eval_{config.split}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    per_class = [
-        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-        for row in evaluator.per_class()
-    ]
-    (out / "per_class.json").write_text(json.dumps(per_class, indent=2))
-    evaluator.plot_confusion(out / "confusion.png")
-    table = Table(title=f"segmentation metrics, {len(dataset)} images of split {config.split!r}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}")
-    console.print(table)
-    console.print(evaluator.per_class_table())
-    console.print(f"wrote {out / 'metrics.json'}, {out / 'per_class.json'} and {out / 'confusion.png'}")
-    return metrics
+    ``metrics.json``, ``per_class.json`` and ``confusion.png``."""
+    return runner.evaluate(SEGMENT, config, console)
 
 
 @export("tasks.predict_segment")
 def predict(config: SegmentPredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
-    """Segment an image or a folder of images: for each, ``<stem>_mask.png`` (class indices,
-    palette PNG), ``<stem>.jpg`` (classes blended over the image) and a record in
-    ``predictions.json`` with the fraction of the image each class covers."""
-    if not 0 <= config.alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {config.alpha}")
-    console = console or Console()
-    device = resolve_device(config.device)
-    segmenter = load_segmenter(config.weights, device)
-    transforms = segmenter.transforms()
-    paths = image_paths(config.source, IMAGE_SUFFIXES)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
-    with Progress(console=console, transient=True) as progress, torch.no_grad():
-        task = progress.add_task("predicting", total=len(paths))
-        for path in paths:
-            image = read_image(path)
-            tensor = transforms(image).as_subclass(Tensor)
-            size = tensor.shape[-2:]
-            padded = F.pad(tensor, (0, -size[1] % STRIDE, 0, -size[0] % STRIDE))
-            logits = segmenter.model(padded[None].to(device))[0]
-            labels = labels_at(logits, size, image.shape[-2:]).cpu()
-            mask_path, picture = out / f"{path.stem}_mask.png", out / f"{path.stem}.jpg"
-            save_label_png(labels, segmenter.classes, mask_path)
-            overlay_mask(image, labels, segmenter.classes, picture, config.alpha)
-            counts = torch.bincount(labels.flatten(), minlength=len(segmenter.classes)).tolist()
-            fractions = {name: round(c / labels.numel(), 4) for name, c in zip(segmenter.classes, counts, strict=True)}
-            records.append({"image": str(path), "mask": str(mask_path), "picture": str(picture), "classes": fractions})
-            progress.advance(task)
-    (out / "predictions.json").write_text(json.dumps(records, indent=2))
-    console.print(f"segmented {len(paths)} images; masks, pictures and predictions.json in [bold]{out}[/]")
-    return records
-
-
-def export_spec(weights: str | Path, imgsz: int = 0) -> ExportSpec:
-    """What ``sightkit export onnx`` needs for segmentation weights: the model, an example
-    ``images`` [1, 3, S, S] (normalised, ``S`` the size rounded up to a multiple of 32) and
-    dynamic batch, height and width (multiples of 32); the output is ``logits`` [B, K, H, W]."""
-    segmenter = load_segmenter(weights)
-    side = math.ceil((imgsz or segmenter.imgsz) / STRIDE) * STRIDE
-    batch = torch.export.Dim("batch", max=64)
-    height, width = torch.export.Dim("height_32", max=256), torch.export.Dim("width_32", max=256)
-    return ExportSpec(
-        module=segmenter.model,
-        name=segmenter.name,
-        inputs={"images": torch.randn(1, 3, side, side)},
-        output_names=["logits"],
-        dynamic_shapes={"images": {0: batch, 2: STRIDE * height, 3: STRIDE * width}},
-    )
+    """Segment ``config.source`` (:func:`sightkit.tasks.runner.predict`): pictures with the classes
+    blended in and ``predictions.jsonl`` (each class's mask as COCO RLE)."""
+    return runner.predict(SEGMENT, config, console)
