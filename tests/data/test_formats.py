@@ -248,3 +248,19 @@ def test_deepforest_voc_sample_round_trips(tmp_path: Path) -> None:
     again, _ = load_split(tmp_path / "voc2", "all")
     _assert_same(original, again, atol=1e-2)
     assert check_dataset(tmp_path / "yolo", progress=False, decode=False).ok
+
+
+def test_coco_own_file_names_and_split_folders(shapes: Path, tmp_path: Path) -> None:
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    val = json.loads((shapes / "annotations" / "val.json").read_text())
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(val))
+    (root / "annotations" / "captions_val2017.json").write_text("{}")
+    (root / "val2017").mkdir()
+    for image in val["images"]:
+        (root / "val2017" / image["file_name"]).write_bytes((shapes / "images" / image["file_name"]).read_bytes())
+    assert dataset_splits(root) == ["val2017"]
+    assert dataset_annotations(root, "val2017") == (root / "val2017", root / "annotations" / "instances_val2017.json")
+    dataset, reference = open_detection_dataset(root, "val2017"), open_detection_dataset(shapes, "val")
+    assert torch.equal(dataset[0][0], reference[0][0])
+    torch.testing.assert_close(dataset[0][1]["boxes"], reference[0][1]["boxes"])

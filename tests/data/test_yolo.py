@@ -163,3 +163,21 @@ def test_write_yolo_label_lines_are_normalised_centres(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "labels" / "train" / "a.txt").read_text() == "1 0.5 0.5 0.2 0.4\n0 0.5 0.5 1 1\n"
     written = yaml.safe_load(path.read_text())
     assert written == {"train": "images/train", "nc": 2, "names": {0: "cat", 1: "dog"}, "category_ids": [3, 9]}
+
+
+def test_extra_split_keys_and_ultralytics_datasets_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _image(tmp_path / "store" / "toy" / "images" / "minival" / "a.png", (8, 8))
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "settings.json").write_text(f'{{"datasets_dir": "{tmp_path / "store"}"}}')
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(settings))
+    config = {
+        "path": "toy",  # relative: found in ultralytics' datasets_dir, as ultralytics finds it
+        "train": "images/minival",
+        "minival": "images/minival",
+        "download": "https://example.com/toy.zip",  # not a split
+        "names": ["a"],
+    }
+    dataset = read_yolo_yaml(_dataset(tmp_path / "configs", config))
+    assert dataset.root == tmp_path / "store" / "toy"
+    assert list(dataset.splits) == ["train", "minival"]

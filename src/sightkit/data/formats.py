@@ -8,6 +8,7 @@ COCO records, :func:`open_detection_dataset` gives the :class:`~sightkit.data.Co
 Layouts (``data=`` of the detect and pose commands)::
 
     coco   DATA/images/...  DATA/annotations/<split>.json        (sightkit data synth writes it)
+           DATA/{images/,}val2017/  DATA/annotations/instances_val2017.json   (COCO's own naming)
     yolo   DATA/data.yaml (or DATA itself is the .yaml)  images/<split>/, labels/<split>/*.txt
     voc    DATA/JPEGImages/  DATA/Annotations/*.xml  DATA/ImageSets/Main/<split>.txt
 
@@ -81,7 +82,8 @@ def dataset_splits(data: str | os.PathLike[str]) -> list[str]:
     keys, or the VOC image sets (``["all"]`` for a VOC folder without ``ImageSets/Main``)."""
     layout = detect_layout(data)
     if layout == "coco":
-        return sorted(p.stem for p in (Path(data) / "annotations").glob("*.json"))
+        stems = (p.stem for p in (Path(data) / "annotations").glob("*.json"))
+        return sorted({_coco_split(stem) for stem in stems if not stem.startswith("captions_")})
     if layout == "yolo":
         return list(read_yolo_yaml(_yolo_yaml(data)).splits)
     return voc_splits(data) or ["all"]
@@ -93,6 +95,7 @@ def load_split(
     split: str,
     *,
     problems: Callable[[str, str, str, str], None] | None = None,
+    keypoints: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """One split of a COCO, YOLO or VOC dataset as ``(COCO dict, image folder)``: the folder that
     the records' ``file_name`` values are relative to.
@@ -101,6 +104,8 @@ def load_split(
         data: the dataset (see the module docstring).
         split: a split name (:func:`dataset_splits`); for a VOC folder without image sets,
             ``"all"`` is every XML file.
+        keypoints: for COCO's own file names, read ``person_keypoints_<split>.json`` rather
+            than ``instances_<split>.json``.
         problems: passed to the YOLO and VOC readers: bad records are reported to it as
             ``(kind, file, record, message)`` and left out instead of raising.
 
@@ -111,7 +116,8 @@ def load_split(
     layout = detect_layout(data)
     root = Path(data)
     if layout == "coco":
-        return json.loads(_coco_json(root, split).read_text()), root / "images"
+        images, path = _coco_files(root, split, keypoints)
+        return json.loads(path.read_text()), images
     if layout == "yolo":
         dataset = read_yolo_yaml(_yolo_yaml(data))
         if split not in dataset.splits:
@@ -129,13 +135,33 @@ def load_split(
     return voc_to_coco(root, problems=problems), image_dir
 
 
-def _coco_json(root: Path, split: str) -> Path:
-    path = root / "annotations" / f"{split}.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no annotations for split {split!r}: {path} does not exist (splits: {dataset_splits(root)})"
-        )
-    return path
+#: COCO's own annotation file prefixes (``annotations/instances_val2017.json``).
+_COCO_PREFIXES = ("instances_", "person_keypoints_")
+
+
+def _coco_split(stem: str) -> str:
+    for prefix in _COCO_PREFIXES:
+        if stem.startswith(prefix):
+            return stem[len(prefix) :]
+    return stem
+
+
+def _coco_files(root: Path, split: str, keypoints: bool) -> tuple[Path, Path]:
+    """``(image folder, JSON)`` of a COCO split: sightkit's ``annotations/<split>.json`` with
+    ``images/``, or COCO's own ``annotations/instances_<split>.json`` (``person_keypoints_``
+    for keypoints) with ``images/<split>/`` or ``<split>/`` (``val2017``)."""
+    own = root / "annotations" / f"{split}.json"
+    if own.is_file():
+        return root / "images", own
+    prefixes = _COCO_PREFIXES[::-1] if keypoints else _COCO_PREFIXES
+    for prefix in prefixes:
+        path = root / "annotations" / f"{prefix}{split}.json"
+        if path.is_file():
+            folders = [f for f in (root / "images" / split, root / split) if f.is_dir()]
+            return (folders[0] if folders else root / "images"), path
+    raise FileNotFoundError(
+        f"no annotations for split {split!r}: {own} does not exist (splits: {dataset_splits(root)})"
+    )
 
 
 def _voc_categories(root: Path) -> list[str] | None:
@@ -160,12 +186,13 @@ def _yolo_yaml(data: str | os.PathLike[str]) -> Path:
 
 
 @export("data.dataset_annotations")
-def dataset_annotations(data: str | os.PathLike[str], split: str) -> tuple[Path, Path]:
-    """``(image folder, COCO JSON file)`` of ``split``: the dataset's own JSON for the COCO layout,
-    a cached conversion for YOLO and VOC (see the module docstring)."""
+def dataset_annotations(data: str | os.PathLike[str], split: str, *, keypoints: bool = False) -> tuple[Path, Path]:
+    """``(image folder, COCO JSON file)`` of ``split``: the dataset's own JSON for the COCO layout
+    (``person_keypoints_<split>.json`` before ``instances_<split>.json`` with ``keypoints``, in
+    COCO's own naming), a cached conversion for YOLO and VOC (see the module docstring)."""
     layout = detect_layout(data)
     if layout == "coco":
-        return Path(data) / "images", _coco_json(Path(data), split)
+        return _coco_files(Path(data), split, keypoints)
     signature = _signature(data, layout, split)
     cached = cache_dir() / "datasets" / f"{layout}-{Path(data).resolve().name}-{split}-{signature}.json"
     if cached.is_file():
@@ -239,7 +266,7 @@ def open_detection_dataset(
     """
     if keypoints and detect_layout(data) == "voc":
         raise ValueError(f"data={str(data)!r} is a Pascal VOC dataset, which has no keypoints; use COCO or YOLO pose")
-    images, annotations = dataset_annotations(data, split)
+    images, annotations = dataset_annotations(data, split, keypoints=keypoints)
     dataset_class = CocoKeypoints if keypoints else CocoDetection
     return dataset_class(images, annotations, transforms, **options)
 

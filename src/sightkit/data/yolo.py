@@ -14,10 +14,11 @@ polygon ``x1 y1 x2 y2 ...``, whose extent is the box. ``names`` is a list or a m
 ``{index: name}``.
 
 Relative paths in the YAML resolve against ``path``; a relative ``path`` resolves against the
-YAML's folder, and a missing ``path`` is that folder (ultralytics resolves a relative ``path``
-against its own datasets folder; the files :func:`write_yolo` writes leave ``path`` out, so
-both read them the same). COCO category ids are kept in an extra ``category_ids`` key, which
-ultralytics ignores; without it, class ``i`` becomes category id ``i + 1``.
+YAML's folder, then the working folder, then ultralytics' ``datasets_dir`` setting (where
+ultralytics itself looks), and a missing ``path`` is the YAML's folder (the files
+:func:`write_yolo` writes leave ``path`` out, so both tools read them the same). COCO
+category ids are kept in an extra ``category_ids`` key, which ultralytics ignores; without
+it, class ``i`` becomes category id ``i + 1``.
 
 Coordinates: ``cx = (x + w / 2) / W`` with COCO's continuous ``[x, y, w, h]`` pixels, as in
 ultralytics' own COCO converter. Image sizes are read from the image headers, as stored
@@ -26,6 +27,7 @@ ultralytics' own COCO converter. Image sizes are read from the image headers, as
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,7 +117,7 @@ def read_yolo_yaml(path: str | os.PathLike[str]) -> YoloDataset:
     splits = {}
     for split in ("train", "val", "test", *(k for k in config if k not in ("train", "val", "test"))):
         entry = config.get(split)
-        if (split in ("train", "val", "test") or _looks_like_split(entry)) and entry:
+        if (split in ("train", "val", "test") or _names_images(root, entry)) and entry:
             splits[split] = [str(e) for e in entry] if isinstance(entry, list) else [str(entry)]
     if not splits:
         raise ValueError(f"data: {str(path)!r} names no images (keys train:, val:)")
@@ -141,10 +143,23 @@ def _root(path: Path, value: Any) -> Path:
         return path.parent
     root = Path(str(value)).expanduser()
     candidates = [root] if root.is_absolute() else [path.parent / root, Path.cwd() / root]
+    datasets_dir = _ultralytics_datasets_dir()
+    if datasets_dir is not None and not root.is_absolute():
+        candidates.append(datasets_dir / root)  # where ultralytics itself resolves a relative path
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"data: {str(path)!r} says path: {value}, which is not a folder ({candidates[0]})")
+
+
+def _ultralytics_datasets_dir() -> Path | None:
+    """``datasets_dir`` of ultralytics' settings file (``$YOLO_CONFIG_DIR`` or ``~/.config/Ultralytics``), if any."""
+    folder = Path(os.environ.get("YOLO_CONFIG_DIR") or Path.home() / ".config" / "Ultralytics")
+    try:
+        value = json.loads((folder / "settings.json").read_text()).get("datasets_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(value) if isinstance(value, str) and value else None
 
 
 def _names(value: Any, path: Path) -> list[str]:
@@ -169,10 +184,14 @@ def _keypoint_names(value: Any, count: int, path: Path) -> list[str]:
     return names
 
 
-def _looks_like_split(entry: Any) -> bool:
-    # Extra split keys (e.g. "minival: images/minival") are strings or lists of strings naming images.
+def _names_images(root: Path, entry: Any) -> bool:
+    """Whether an extra key (``minival: images/minival``) is a split: paths that exist under ``root``
+    (``download: https://...`` and the other keys ultralytics files carry are not)."""
     items = entry if isinstance(entry, list) else [entry]
-    return bool(items) and all(isinstance(i, str) and ("/" in i or i.endswith(".txt")) for i in items)
+    return bool(items) and all(
+        isinstance(i, str) and "\n" not in i and "://" not in i and i.strip() and _resolve(root, i).exists()
+        for i in items
+    )
 
 
 @export("data.yolo_label_path")
