@@ -1,5 +1,6 @@
 """The shapes dataset written to disk reads back as exactly what was drawn."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,64 @@ def test_jpeg_output_and_bad_settings(tmp_path: Path) -> None:
         synthesize_shapes(CONFIG, out=str(tmp_path), format="gif")
     with pytest.raises(TypeError, match="colour"):
         synthesize_shapes(CONFIG, out=str(tmp_path), colour=1)
+
+
+def test_classes_objects_and_radius_options(tmp_path: Path) -> None:
+    """Two classes, exactly two shapes of circumradius 0.2 x the shorter side on a plain
+    background: the categories, counts and box sizes follow from the settings by hand."""
+    paths = synthesize_shapes(
+        CONFIG,
+        out=str(tmp_path),
+        images=6,
+        val_fraction=0.0,
+        classes=2,
+        min_objects=2,
+        max_objects=2,
+        min_radius=0.2,
+        max_radius=0.2,
+        background="plain",
+    )
+    dataset = CocoDetection(paths["images"], paths["train"])
+    assert dataset.category_map.names == SHAPE_CLASSES[:2]
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        height, width = image.shape[-2:]
+        radius = 0.2 * min(height, width)
+        assert len(target["labels"]) == 2 and set(target["labels"].tolist()) <= {0, 1}
+        boxes = target["boxes"].as_subclass(torch.Tensor)
+        sides = boxes[:, 2:] - boxes[:, :2]
+        # A shape of circumradius r spans at most 2r, plus a pixel at each end for the pixel grid.
+        assert (sides <= 2 * radius + 2).all()
+        # The last one painted is whole: a circle spans 2r, a square at least its side r * sqrt(2).
+        assert sides[-1].max() >= radius * math.sqrt(2) - 1
+
+
+def test_plain_background_is_one_colour_with_fine_grain() -> None:
+    rng = np.random.default_rng(0)
+    image, shapes = render_shapes(rng, 60, 80, 1, background="plain")
+    outside = np.ones((60, 80), dtype=bool)
+    for shape in shapes:
+        h, w = shape.coverage.alpha.shape
+        outside[shape.coverage.top : shape.coverage.top + h, shape.coverage.left : shape.coverage.left + w] &= (
+            shape.coverage.alpha == 0
+        )
+    # Grain of standard deviation 3 on a flat colour (rounding and clipping aside); textured ones vary far more.
+    assert 2.5 < image[outside].astype(np.float32).std(axis=0).max() < 3.5
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"classes": 0}, r"classes must be in 1\.\.5, got 0"),
+        ({"classes": 6}, r"classes must be in 1\.\.5, got 6"),
+        ({"min_objects": 3, "max_objects": 2}, "min_objects <= max_objects, got min_objects=3, max_objects=2"),
+        ({"min_objects": 0}, "1 <= min_objects"),
+        ({"min_radius": 0.3, "max_radius": 0.2}, "min_radius <= max_radius"),
+        ({"max_radius": 0.6}, r"max_radius <= 0\.5"),
+        ({"background": "noise"}, "background must be one of textured, plain, got 'noise'"),
+        ({"size": 8}, "size must be >= 16, got 8"),
+    ],
+)
+def test_bad_options_name_the_setting(tmp_path: Path, settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        synthesize_shapes(CONFIG, out=str(tmp_path), **settings)

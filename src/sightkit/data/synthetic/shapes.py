@@ -1,15 +1,23 @@
 """``shapes``: filled shapes of several classes on textured backgrounds, for detection and
 instance/semantic segmentation.
 
-Each image holds 1 to ``max_objects`` shapes (circle, square, triangle, star, hexagon) of
-random size, rotation and flat colour, painted in order so that later shapes hide parts of
-earlier ones (a placement that would hide more than 60% of an earlier shape is drawn
-again). The labels are the *visible* parts: each instance's mask is what remains of it
+Each image holds ``min_objects`` to ``max_objects`` shapes (circle, square, triangle, star,
+hexagon; the first ``classes`` of them) of random size (circumradius ``min_radius`` to
+``max_radius`` times the shorter image side), rotation and flat colour, painted in order so
+that later shapes hide parts of earlier ones (a placement that would hide more than 60% of an
+earlier shape is drawn again). The labels are the *visible* parts: each instance's mask is what remains of it
 after the shapes painted over it, its box is the tight box of that mask, and the semantic
 mask ``OUT/masks/NNNNNN.png`` holds the category id of the shape seen at each pixel (0 for
 background). Image ``i`` depends only on ``(seed, i)``.
 
-Layout: see :mod:`sightkit.data.synthetic.writer`; categories 1..5 in :data:`SHAPE_CLASSES` order.
+Layout: see :mod:`sightkit.data.synthetic.writer`; categories 1..``classes`` in :data:`SHAPE_CLASSES` order.
+
+The defaults make a dataset that a detector needs hours of CPU training to learn well (five
+classes, small shapes on striped or checkered backgrounds). A detector learns an easier one in
+minutes, as ``sightkit demo`` does; for instance::
+
+    sightkit data synth shapes out=runs/data/shapes_easy images=800 size=96 classes=3 \
+        max_objects=3 min_radius=0.15 max_radius=0.3
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from sightkit.data.synthetic.writer import CocoWriter, check_common, mask_box, m
 SHAPE_CLASSES = ("circle", "square", "triangle", "star", "hexagon")
 MIN_VISIBLE = 0.4  # fraction of a shape that must stay visible when others are painted over it
 MIN_AREA = 30  # pixels
+BACKGROUNDS = ("textured", "plain")
 
 
 @export("data.ShapesConfig")
@@ -49,6 +58,11 @@ class ShapesConfig:
     seed: int = field(default=0, metadata={"help": "random seed; image i depends only on (seed, i)"})
     size: int = field(default=256, metadata={"help": "largest image side; each side is drawn in [0.75, 1] * size"})
     max_objects: int = field(default=6, metadata={"help": "at most this many shapes per image (at least 1)"})
+    min_objects: int = field(default=1, metadata={"help": "at least this many shapes per image are tried"})
+    classes: int = field(default=5, metadata={"help": f"shape classes used, the first of {', '.join(SHAPE_CLASSES)}"})
+    min_radius: float = field(default=0.06, metadata={"help": "smallest circumradius, times the shorter image side"})
+    max_radius: float = field(default=0.22, metadata={"help": "largest circumradius, times the shorter image side"})
+    background: str = field(default="textured", metadata={"help": "textured (blobs, stripes, checks) or plain"})
     val_fraction: float = field(default=0.2, metadata={"help": "fraction of images in annotations/val.json"})
     format: str = field(default="png", metadata={"help": "image format: png or jpg"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -79,19 +93,34 @@ def shape_polygon(label: int, cx: float, cy: float, radius: float, angle: float)
 
 
 def render_shapes(
-    rng: np.random.Generator, height: int, width: int, max_objects: int
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    max_objects: int,
+    *,
+    min_objects: int = 1,
+    classes: int = len(SHAPE_CLASSES),
+    radius: tuple[float, float] = (0.06, 0.22),
+    background: str = "textured",
 ) -> tuple[np.ndarray, list[DrawnShape]]:
-    """Draw one image: uint8 ``[H, W, 3]`` and its shapes in painting order."""
-    background = textured_background(rng, height, width)
+    """Draw one image: uint8 ``[H, W, 3]`` and its shapes in painting order.
+
+    ``radius`` is the range of circumradii as fractions of the shorter side; the other
+    arguments are :class:`ShapesConfig`'s. A placement that fails 20 times is skipped, so an
+    image may hold fewer than ``min_objects`` shapes when they are large.
+    """
+    image = (
+        textured_background(rng, height, width) if background == "textured" else plain_background(rng, height, width)
+    )
     shapes: list[DrawnShape] = []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
+    for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         for _attempt in range(20):
-            label = int(rng.integers(len(SHAPE_CLASSES)))
-            radius = float(rng.uniform(0.06, 0.22) * min(height, width))
-            cx = float(rng.uniform(0.25 * radius, width - 0.25 * radius))
-            cy = float(rng.uniform(0.25 * radius, height - 0.25 * radius))
+            label = int(rng.integers(classes))
+            radius_px = float(rng.uniform(*radius) * min(height, width))
+            cx = float(rng.uniform(0.25 * radius_px, width - 0.25 * radius_px))
+            cy = float(rng.uniform(0.25 * radius_px, height - 0.25 * radius_px))
             angle = float(rng.uniform(0, 2 * math.pi))
-            drawn = coverage([shape_polygon(label, cx, cy, radius, angle)], height, width)
+            drawn = coverage([shape_polygon(label, cx, cy, radius_px, angle)], height, width)
             mask = drawn.mask(height, width)
             if mask.sum() < MIN_AREA:
                 continue
@@ -101,12 +130,17 @@ def render_shapes(
             continue
         for s in shapes:
             s.mask &= ~mask
-        color = distinct_color(rng, background[mask].mean(axis=0))
-        shapes.append(DrawnShape(label, (cx, cy), radius, angle, color, drawn, mask))
-    image = background
+        color = distinct_color(rng, image[mask].mean(axis=0))
+        shapes.append(DrawnShape(label, (cx, cy), radius_px, angle, color, drawn, mask))
     for s in shapes:
         paint(image, s.coverage, s.color)
     return np.rint(image).astype(np.uint8), shapes
+
+
+def plain_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A float32 ``[H, W, 3]`` background in ``[0, 255]``: one flat colour with fine grain."""
+    image = np.broadcast_to(rng.uniform(30, 225, size=3).astype(np.float32), (height, width, 3))
+    return np.clip(image + rng.normal(0, 3, size=(height, width, 1)).astype(np.float32), 0, 255)
 
 
 def semantic_mask(shapes: list[DrawnShape], height: int, width: int) -> np.ndarray:
@@ -131,9 +165,9 @@ def synthesize_shapes(config: ShapesConfig | None = None, **overrides: Any) -> d
     """
     config = dataclasses.replace(config or ShapesConfig(), **overrides)
     check_common(config.images, config.val_fraction, config.format)
-    if config.max_objects < 1 or config.size < 16:
-        raise ValueError(f"need max_objects >= 1 and size >= 16, got {config.max_objects} and {config.size}")
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)]
+    check_shapes_config(config)
+    names = SHAPE_CLASSES[: config.classes]
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(names)]
     writer = CocoWriter(config.out, categories, config.images, config.val_fraction, "sightkit synthetic shapes")
     mask_dir = Path(config.out) / "masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +175,16 @@ def synthesize_shapes(config: ShapesConfig | None = None, **overrides: Any) -> d
         for index in range(config.images):
             rng = np.random.default_rng([config.seed, index])
             height, width = image_size(rng, config.size)
-            image, shapes = render_shapes(rng, height, width, config.max_objects)
+            image, shapes = render_shapes(
+                rng,
+                height,
+                width,
+                config.max_objects,
+                min_objects=config.min_objects,
+                classes=config.classes,
+                radius=(config.min_radius, config.max_radius),
+                background=config.background,
+            )
             annotations = [
                 {
                     "category_id": s.label + 1,
@@ -157,3 +200,23 @@ def synthesize_shapes(config: ShapesConfig | None = None, **overrides: Any) -> d
             save_image(semantic_mask(shapes, height, width), mask_dir / (Path(file_name).stem + ".png"))
             advance()
     return {**writer.close(), "images": writer.image_dir, "masks": mask_dir}
+
+
+def check_shapes_config(config: ShapesConfig) -> None:
+    """Raise ``ValueError`` naming the first setting of ``config`` that cannot make a dataset."""
+    if config.size < 16:
+        raise ValueError(f"size must be >= 16, got {config.size}")
+    if not 1 <= config.min_objects <= config.max_objects:
+        raise ValueError(
+            f"need 1 <= min_objects <= max_objects, got min_objects={config.min_objects}, "
+            f"max_objects={config.max_objects}"
+        )
+    if not 1 <= config.classes <= len(SHAPE_CLASSES):
+        raise ValueError(f"classes must be in 1..{len(SHAPE_CLASSES)}, got {config.classes}")
+    if not 0 < config.min_radius <= config.max_radius <= 0.5:
+        raise ValueError(
+            f"need 0 < min_radius <= max_radius <= 0.5 (fractions of the shorter side), got "
+            f"min_radius={config.min_radius}, max_radius={config.max_radius}"
+        )
+    if config.background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {config.background!r}")
