@@ -94,7 +94,7 @@ def test_check_images_names_every_bad_file_once(tmp_path) -> None:
         str(truncated): "truncated JPEG: the end-of-image marker is missing (the file was cut short)",
         str(tmp_path / "missing.jpg"): "no such file",
         str(empty): "the file is empty (0 bytes)",
-        str(text): "not an image format Pillow can read the header of",
+        str(text): "no image decoder recognises it (corrupt, cut short inside its header, or not an image)",
         str(big): "it has 50x40 = 2,000 pixels, more than max_pixels=1,999 (raise max_pixels= to read it, or resize "
         "it)",
     }

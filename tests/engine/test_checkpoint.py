@@ -160,3 +160,57 @@ def test_weights_bad_input(tmp_path) -> None:
     save_weights(nn.Linear(2, 1), tmp_path / "w.safetensors")
     with pytest.raises(ValueError, match="different model"):
         load_weights(nn.Linear(3, 1), tmp_path / "w.safetensors")
+
+
+def _stored_digest(path) -> str:
+    tail = path.read_bytes()[-80:]
+    assert tail.startswith(b"sightkit-sha256:")
+    return tail[16:].decode()
+
+
+def test_checksum_is_the_sha256_of_the_file_torch_save_writes(tmp_path) -> None:
+    import hashlib
+    import io
+
+    state = {"step": 3, "w": torch.arange(10.0), "names": ["a"]}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # the same bytes, written by torch alone
+    path = save_checkpoint(state, tmp_path / "last.pt")
+    assert _stored_digest(path) == hashlib.sha256(buffer.getvalue()).hexdigest()
+    assert torch.equal(torch.load(path, weights_only=True)["w"], state["w"])  # still a plain torch.load file
+
+
+def test_flipped_bytes_are_an_error_not_silently_wrong_weights(tmp_path) -> None:
+    path = save_checkpoint({"w": torch.full((1000,), 1.5)}, tmp_path / "last.pt")
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(np.float32(1.5).tobytes() * 8) + 3  # inside the tensor's storage
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=True)["w"][0] != 1.5  # torch alone reads a changed value silently
+    with pytest.raises(ValueError, match=r"last\.pt is not a readable sightkit checkpoint \(its SHA-256 checksum"):
+        load_checkpoint(path)
+
+
+def test_checkpoints_without_a_checksum_still_load(tmp_path) -> None:
+    torch.save({"step": 5}, tmp_path / "old.pt")  # written before checksums existed
+    assert load_checkpoint(tmp_path / "old.pt") == {"step": 5}
+
+
+def test_corrupt_last_names_the_newest_good_snapshot(tmp_path) -> None:
+    manager = CheckpointManager(tmp_path, keep=3)
+    for step in (10, 20, 30):
+        manager.save({"step": step}, step)
+    (tmp_path / "step_00000030.pt").unlink()  # the newest snapshot is a hard link of last.pt: break both
+    (tmp_path / "last.pt").write_bytes(b"")
+    snapshot = tmp_path / "step_00000020.pt"
+    data = bytearray(snapshot.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "step_00000020.pt").unlink()
+    snapshot.write_bytes(bytes(data))  # step 20 now has flipped bytes too
+    expected = (
+        r"last\.pt is not a readable sightkit checkpoint \(it is empty \(0 bytes\)\); the newest good snapshot is "
+        rf"{tmp_path}/step_00000010\.pt: resume with resume={tmp_path}/step_00000010\.pt"
+    )
+    with pytest.raises(ValueError, match=expected):
+        load_checkpoint(tmp_path)
+    assert load_checkpoint(tmp_path / "step_00000010.pt")["step"] == 10

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from engine_toys import Regression, collate, criterion, make_model
-from gloo_launch import launch
+from gloo_launch import free_port, launch
 from torch import nn
 
 from sightkit.engine import (
@@ -25,6 +29,7 @@ from sightkit.engine import (
 )
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+STALL_WORKER = Path(__file__).with_name("stall_worker.py")
 
 
 def test_helpers_are_identities_on_one_process() -> None:
@@ -93,3 +98,31 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path) ->
         checkpoint = torch.load(tmp_path / f"acc{accumulate}" / "last.pt", weights_only=True)
         assert checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
         assert not any(key.startswith("module.") for key in checkpoint["model"])
+
+
+@pytest.mark.slow
+def test_a_stalled_rank_ends_every_process_with_one_line_after_ddp_timeout(tmp_path) -> None:
+    # gloo's default would hold rank 0 for 30 minutes; ddp_timeout=3 s ends it, and rank 1, once
+    # it wakes, finds its peer gone. Each prints one line (no traceback) and exits with 2.
+    port, processes = free_port(), []
+    started = time.monotonic()
+    for rank in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+        command = [sys.executable, str(STALL_WORKER), str(tmp_path / "run"), "3", "12"]
+        processes.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    try:
+        outputs = [process.communicate(timeout=240)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    elapsed = time.monotonic() - started
+    for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
+        lines = [line for line in output.splitlines() if line.strip()]
+        assert process.returncode == 2, output[-3000:]
+        assert lines[-1].startswith(f"error: rank {rank} of 2: a collective operation failed ("), output[-3000:]
+        assert "after waiting up to ddp_timeout=3 s: another rank stalled or died" in lines[-1]
+        assert "Traceback" not in output
+    assert elapsed < 120

@@ -217,12 +217,16 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> tv_tensors
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
         if header is None:
-            raise ImageReadError(path, "not a readable image (neither OpenCV nor Pillow knows its format)")
+            raise ImageReadError(path, UNRECOGNISED)
         array = _decode_with_pillow(path, header)
     height, width = array.shape[:2]
     if limit and height * width > limit:  # a format whose header Pillow could not read
         raise ImageReadError(path, _too_large(width, height, limit))
     return tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1))
+
+
+#: Why a file no decoder reads is refused.
+UNRECOGNISED = "no image decoder recognises it (corrupt, cut short inside its header, or not an image)"
 
 
 def _pixel_limit(max_pixels: int | None) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from sightkit._api import export
-from sightkit.data.coco import DEFAULT_MAX_PIXELS, image_problem
+from sightkit.data.coco import DEFAULT_MAX_PIXELS, UNRECOGNISED, image_problem
 
 
 def _problem(path: Path, max_pixels: int) -> str | None:
@@ -35,7 +35,7 @@ def _problem(path: Path, max_pixels: int) -> str | None:
     if isinstance(found, str):
         return found
     if found is None:
-        return "not an image format Pillow can read the header of"
+        return UNRECOGNISED
     found.close()
     return None
 
