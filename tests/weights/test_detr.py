@@ -117,6 +117,29 @@ def test_facebookresearch_layout_gives_the_same_outputs(peer: tuple[torch.nn.Mod
     compare(build(converted), model)
 
 
+def test_url_source_reads_torch_hub_cache(
+    peer: tuple[torch.nn.Module, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``torch.hub.load("facebookresearch/detr", ...)`` caches its checkpoint under the URL's file
+    name in $TORCH_HOME/hub/checkpoints; the URL source finds it there."""
+    _, folder = peer
+    url = "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("SIGHTKIT_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError) as error:
+        fetch(url)
+    cached = tmp_path / "hub" / "checkpoints" / "detr-r50-e632da11.pth"
+    assert str(error.value) == (
+        f"{url}: detr-r50-e632da11.pth is not cached and downloads are off (SIGHTKIT_OFFLINE/HF_HUB_OFFLINE); "
+        f"download {url} to {cached}"
+    )
+    cached.parent.mkdir(parents=True)
+    state = fetch(str(folder)).state
+    torch.save({"model": state}, cached)
+    fetched = fetch(url)
+    assert fetched.path == cached and fetched.state.keys() == state.keys()
+
+
 def test_metadata_names_coco_classes_and_detr_sizes(peer: tuple[torch.nn.Module, Path]) -> None:
     _, folder = peer
     state, meta = resolve_source(str(folder / "model.safetensors"))
