@@ -140,6 +140,10 @@ class FaceFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def image_path(self, index: int) -> Path:
+        """The file sample ``index`` reads (for the trainer's pre-flight check)."""
+        return self.samples[index][0]
+
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, int]]:
         path, label = self.samples[index]
         image = read_image(path).as_subclass(Tensor)

@@ -206,6 +206,10 @@ class TopDownKeypoints(Dataset):
     def __len__(self) -> int:
         return len(self.people)
 
+    def image_path(self, index: int) -> Path:
+        """The image file sample ``index`` is cut from (for the trainer's pre-flight check)."""
+        return self.coco.root / self.coco.records[self.people[index].record].file_name
+
     def _augmentation(self) -> tuple[float, float, bool]:
         if not self.train:
             return 1.0, 0.0, False
