@@ -90,6 +90,7 @@ def test_faces_give_landmarks_and_embeddings() -> None:
     assert "labels" not in record and len(r) == 1
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside pycocotools' decode
 def test_class_map_rles_equal_pycocotools_and_decode_back() -> None:
     rng = np.random.default_rng(0)
     class_map = rng.integers(0, 3, (7, 9))
@@ -190,3 +191,11 @@ def test_len_and_repr() -> None:
 def test_inconsistent_fields_are_errors(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _detections(**overrides)
+
+
+def test_results_compare_by_value() -> None:
+    assert _detections() == _detections()
+    assert _detections() != _detections(scores=np.array([0.912345, 0.6], np.float32))
+    assert _detections() != _detections(path="other.jpg")
+    assert _detections() != _detections(keypoints=np.zeros((2, 1, 3)))
+    assert _detections(labels=torch.tensor([2, 0])) == _detections()  # tensors become the same arrays

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -37,7 +37,7 @@ _INSTANCE_FIELDS: tuple[tuple[str, type, tuple[int | None, ...]], ...] = (
 
 
 @export("sightkit.Results")
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, eq=False)
 class Results:
     """The predictions for one image (or one video frame).
 
@@ -129,6 +129,23 @@ class Results:
                 raise ValueError(
                     f"category_ids must have one id per name ({len(self.names)}); got {len(self.category_ids)}"
                 )
+
+    def __eq__(self, other: object) -> bool:
+        """Equal fields, arrays compared element by element (exactly; ``None`` equals only ``None``)."""
+        if not isinstance(other, Results):
+            return NotImplemented
+        for item in fields(self):
+            mine, theirs = getattr(self, item.name), getattr(other, item.name)
+            if isinstance(mine, np.ndarray) or isinstance(theirs, np.ndarray):
+                if not (isinstance(mine, np.ndarray) and isinstance(theirs, np.ndarray)):
+                    return False
+                if mine.dtype != theirs.dtype or not np.array_equal(mine, theirs):
+                    return False
+            elif mine != theirs:
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]  (mutable, compared by value)
 
     # ------------------------------------------------------------------ sizes and names
 
