@@ -101,6 +101,7 @@ def _refuse(message: str) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the train, eval, predict and export commands to ``app``."""
+
     @app.command(cls=keys_command(lambda: keys_of(task_configs("train"))))
     def train(task: TaskName, settings: Settings = None) -> None:
         """Train a model: sightkit train detect model=detr_r18_tiny data=runs/data/shapes epochs=50."""

@@ -125,6 +125,7 @@ class PosePredictConfig(PredictConfig):
     conf: float = setting(0.0, "keep people scoring at least this")
     boxes: str = setting("", "COCO results JSON of person boxes, as predict detect writes ('' : see detector)")
     detector: str = setting("", "detection weights run first for the person boxes ('' : the whole image)")
+    detector_conf: float = setting(0.5, "the detector's conf (with detector=)")
     keypoint_conf: float = setting(0.3, "draw keypoints scoring at least this")
     flip_test: bool = setting(True, "average with the flipped crop")
 
@@ -325,10 +326,11 @@ def build_datasets(config: PoseConfig) -> tuple[TopDownKeypoints, TopDownKeypoin
     return train, val
 
 
-def read_box_file(path: str | Path) -> dict[str, np.ndarray]:
+def read_box_file(path: str | Path, category_id: int | None = None) -> dict[str, np.ndarray]:
     """Person boxes by image file name from a COCO results JSON (``[{"file_name", "bbox": [x, y,
-    w, h], "score"}, ...]``, as ``sightkit predict detect`` writes it): ``{name: [N, 5]}`` rows
-    of ``x1, y1, x2, y2, score``.
+    w, h], "score", "category_id"}, ...]``, as ``sightkit predict detect`` writes it):
+    ``{name: [N, 5]}`` rows of ``x1, y1, x2, y2, score``, only those of ``category_id`` when
+    it is given (records without a category count as people).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -343,6 +345,8 @@ def read_box_file(path: str | Path) -> dict[str, np.ndarray]:
         records = json.loads(file.read_text())
         boxes: dict[str, list[list[float]]] = {}
         for record in records:
+            if category_id is not None and int(record.get("category_id", category_id)) != category_id:
+                continue
             x, y, w, h = (float(v) for v in record["bbox"])
             boxes.setdefault(str(record["file_name"]), []).append([x, y, x + w, y + h, float(record.get("score", 1.0))])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
@@ -402,7 +406,7 @@ class PosePredictor(Predictor):
     def settings(self, **given: Any) -> dict[str, Any]:
         settings = super().settings(**given)
         if isinstance(settings["boxes"], str | Path):
-            settings["boxes"] = read_box_file(settings["boxes"]) if str(settings["boxes"]) else None
+            settings["boxes"] = read_box_file(settings["boxes"], self.category_id) if str(settings["boxes"]) else None
         detector = settings["detector"]
         if isinstance(detector, str | Path) and str(detector):
             if str(detector) not in self._detectors:
@@ -601,7 +605,8 @@ class PoseTask(Task):
 
     def predict_options(self, config: PosePredictConfig) -> dict[str, Any]:
         return {
-            "boxes": config.boxes or None, "detector": config.detector or None, "flip_test": config.flip_test,
+            "boxes": config.boxes or None, "detector": config.detector or None,
+            "detector_conf": config.detector_conf, "flip_test": config.flip_test,
             "keypoint_conf": config.keypoint_conf,
         }  # fmt: skip
 
