@@ -35,6 +35,10 @@ from scratch on two CPU cores: the same ResNet-18 cut after layer3, read at stri
 and a stride-32 level from a convolution on layer3, as Deformable DETR builds its extra level.
 One encoder layer (its 336 tokens at 128 pixels cost as much as the ResNet) and 30 denoising
 copies keep a training step within 2x of ``detr_r18_tiny``'s.
+
+IDEA-Research's published DINO-4scale checkpoints fit ``dino_r50`` with four options that
+reproduce their network (:mod:`sightkit.weights.dino` sets them): ``position_temperature=20``,
+``decoder_norm=True``, ``logit_eps=1e-3`` and ``invalid_anchor="inf"``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ from sightkit.nn.deformable_attention import SpatialShapes
 from sightkit.nn.deformable_transformer import DeformableDecoderLayer, DeformableEncoderLayer
 from sightkit.nn.position_encoding import sine_position_encoding
 
+#: How encoder tokens with an anchor past the border (or on padding) propose (see :class:`DINO`).
+INVALID_ANCHORS = ("zero", "inf")
 #: Logit of the prior probability 0.01 of the classification biases (the focal loss paper's init).
 _PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
 
@@ -98,6 +104,17 @@ class DINO(nn.Module):
         num_denoising: denoising budget (:func:`contrastive_denoising`); 0 turns denoising off.
         label_noise_ratio: label noise of the denoising queries.
         box_noise_scale: box noise of the denoising queries.
+        position_temperature: temperature of the image features' sine position encoding
+            (:func:`~sightkit.nn.sine_position_encoding`; IDEA-Research's DINO-4scale: 20).
+        decoder_norm: a LayerNorm on every decoder layer's output before the class and box
+            heads, as IDEA-Research's DINO has; the next layer's reference box is then refined
+            from the output before that norm, as there.
+        logit_eps: clamp of the inverse sigmoid that turns reference boxes into logits in the
+            decoder (IDEA-Research's DINO: 1e-3).
+        invalid_anchor: the encoder proposals of tokens whose anchor crosses the image border
+            or lies on padding: ``"zero"`` (an anchor of logit 0; padding never proposes) or
+            ``"inf"`` (IDEA-Research's DINO: an infinite logit, a box covering everything,
+            padding ranked like any token).
     """
 
     def __init__(
@@ -116,8 +133,14 @@ class DINO(nn.Module):
         num_denoising: int = 100,
         label_noise_ratio: float = 0.5,
         box_noise_scale: float = 1.0,
+        position_temperature: float = 10000.0,
+        decoder_norm: bool = False,
+        logit_eps: float = 1e-5,
+        invalid_anchor: str = "zero",
     ) -> None:
         super().__init__()
+        if invalid_anchor not in INVALID_ANCHORS:
+            raise ValueError(f"invalid_anchor must be one of {INVALID_ANCHORS}, got {invalid_anchor!r}")
         if num_classes < 1 or num_queries < 1 or num_decoder_layers < 1 or num_encoder_layers < 0:
             raise ValueError(
                 "need num_classes, num_queries, num_decoder_layers >= 1 and num_encoder_layers >= 0, got "
@@ -155,6 +178,10 @@ class DINO(nn.Module):
         self.box_heads = nn.ModuleList(
             MLP(d_model, [d_model, d_model, 4], activation_layer=nn.ReLU) for _ in range(num_decoder_layers)
         )
+        self.decoder_norm = nn.LayerNorm(d_model) if decoder_norm else None
+        self.position_temperature = position_temperature
+        self.logit_eps = logit_eps
+        self.invalid_anchor = invalid_anchor
         self.d_model = d_model
         self.num_classes = num_classes
         self.num_queries = num_queries
@@ -219,7 +246,7 @@ class DINO(nn.Module):
         proposals_logits, proposals_boxes = self._propose(memory, padding, shapes, valid_ratios)
         batch = images.shape[0]
         scores = proposals_logits.max(-1).values
-        if padding is not None:
+        if padding is not None and self.invalid_anchor == "zero":
             scores = scores.masked_fill(padding, float("-inf"))
         if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()) and scores.shape[1] < self.num_queries:
             raise ValueError(
@@ -282,7 +309,10 @@ class DINO(nn.Module):
             for h, w in shapes
         ]
         pos = [
-            sine_position_encoding(m, self.d_model // 2).to(images.dtype).flatten(2).transpose(1, 2)
+            sine_position_encoding(m, self.d_model // 2, self.position_temperature)
+            .to(images.dtype)
+            .flatten(2)
+            .transpose(1, 2)
             + self.level_embed[level]
             for level, m in enumerate(masks)
         ]
@@ -314,7 +344,8 @@ class DINO(nn.Module):
         valid = ((anchors > 0.01) & (anchors < 0.99)).all(-1, keepdim=True)
         if padding is not None:
             valid = valid & ~padding[..., None]
-        anchors_unact = torch.where(valid, inverse_sigmoid(anchors), torch.zeros_like(anchors))
+        fill = float("inf") if self.invalid_anchor == "inf" else 0.0
+        anchors_unact = torch.where(valid, inverse_sigmoid(anchors), torch.full_like(anchors, fill))
         features = self.enc_output(memory.masked_fill(~valid, 0.0))
         return self.enc_class_head(features), self.enc_box_head(features) + anchors_unact
 
@@ -337,10 +368,18 @@ class DINO(nn.Module):
             reference = references.detach()
             query_pos = self.query_pos_head(box_sine_embedding(reference, self.d_model // 2))
             output = layer(output, query_pos, reference[:, :, None] * level_scale, memory, shapes, padding, attn_mask)
-            # Look forward twice: the undetached reference lets this box loss train the previous layer.
-            references = (box_head(output) + inverse_sigmoid(references)).sigmoid()
-            logits.append(class_head(output))
-            boxes.append(references)
+            if self.decoder_norm is None:
+                # Look forward twice: the undetached reference lets this box loss train the previous layer.
+                references = (box_head(output) + inverse_sigmoid(references, self.logit_eps)).sigmoid()
+                logits.append(class_head(output))
+                boxes.append(references)
+                continue
+            # IDEA-Research's layout: the heads read the normalised output; the next reference
+            # is refined from the output before the norm.
+            normed = self.decoder_norm(output)
+            logits.append(class_head(normed))
+            boxes.append((box_head(normed) + inverse_sigmoid(references, self.logit_eps)).sigmoid())
+            references = (box_head(output) + inverse_sigmoid(reference, self.logit_eps)).sigmoid()
         return logits, boxes
 
 
@@ -381,6 +420,10 @@ def build_dino(
     num_denoising: int = 100,
     label_noise_ratio: float = 0.5,
     box_noise_scale: float = 1.0,
+    position_temperature: float = 10000.0,
+    decoder_norm: bool = False,
+    logit_eps: float = 1e-5,
+    invalid_anchor: str = "zero",
 ) -> DINO:
     """Build a :class:`DINO` from plain settings; the defaults are DINO-4scale's (``dino_r50``).
 
@@ -404,6 +447,10 @@ def build_dino(
         num_denoising=num_denoising,
         label_noise_ratio=label_noise_ratio,
         box_noise_scale=box_noise_scale,
+        position_temperature=position_temperature,
+        decoder_norm=decoder_norm,
+        logit_eps=logit_eps,
+        invalid_anchor=invalid_anchor,
     )
 
 
