@@ -8,7 +8,9 @@ from implementation differences. The total matching cost of every image is check
 one float64 cost definition (torchvision's GIoU); assignments may differ only on ties.
 
     python -m benchmarks matcher [--batch 16] [--queries 300] [--classes 91] [--max-targets 50]
-                                 [--repeats 20] [--threads 1] [--device cpu] [--seed 0]
+                                 [--repeats 20] [--threads 1 2] [--device cpu] [--seed 0]
+
+The figures, at each thread count with the load average, go to ``benchmarks/results/matcher.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import scipy.optimize
 import torch
 import torchvision
 
+from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary, ratio
 from benchmarks._timing import median_time
 from sightkit.ops import HungarianMatcher, box_convert, generalized_box_iou
 
@@ -89,11 +92,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--classes", type=int, default=91, help="object classes; the logits have one more")
     parser.add_argument("--max-targets", type=int, default=50, help="targets per image: uniform in [1, this]")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    add_threads_argument(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
 
     outputs, targets = make_batch(args.batch, args.queries, args.classes, args.max_targets, args.seed, args.device)
     sizes = [len(t["labels"]) for t in targets]
@@ -113,7 +115,7 @@ def main(argv: list[str]) -> None:
     print(
         f"Hungarian matching: B={args.batch} Q={args.queries} C={args.classes + 1} logits, "
         f"targets per image 1-{args.max_targets} (sum {sum(sizes)}), seed {args.seed}, "
-        f"device {args.device}, torch threads {torch.get_num_threads()}, median of {args.repeats}"
+        f"device {args.device}, median of {args.repeats}"
     )
     block_entries = args.queries * sum(sizes)
     print(f"cost entries: per-image blocks {block_entries:,}, all pairs {block_entries * args.batch:,} ({args.batch}x)")
@@ -123,23 +125,37 @@ def main(argv: list[str]) -> None:
             scipy.optimize.linear_sum_assignment(cost)
 
     optimum = [cost[scipy.optimize.linear_sum_assignment(cost)].sum() for cost in costs]
-    solve_time = median_time(solve_only, repeats=args.repeats)
     matchers = {"sightkit HungarianMatcher": lambda: ours(outputs, targets), **peers}
-    ours_time, ours_pairs = 0.0, []
-    for name, run in matchers.items():
-        seconds = median_time(run, repeats=args.repeats)
-        pairs = [(torch.as_tensor(p).cpu().numpy(), torch.as_tensor(t).cpu().numpy()) for p, t in run()]
-        if not ours_pairs:
-            ours_time, ours_pairs = seconds, pairs
-            print(f"  {name:38s} {seconds * 1e3:9.2f} ms   (scipy's share: {solve_time * 1e3:.2f} ms)")
-        else:
-            print(f"  {name:38s} {seconds * 1e3:9.2f} ms   sightkit is {seconds / ours_time:.1f}x faster")
-        totals = [cost[p, t].sum() for cost, (p, t) in zip(costs, pairs, strict=True)]
-        gap = max(abs(total - best) for total, best in zip(totals, optimum, strict=True))
-        same = sum(
-            np.array_equal(p, q) and np.array_equal(t, u) for (p, t), (q, u) in zip(pairs, ours_pairs, strict=True)
-        )
-        print(
-            f"      total cost - float64 optimum: max |gap| {gap:.1e} over {len(costs)} images; "
-            f"assignment identical to sightkit's on {same}/{len(costs)}"
-        )
+    results, summary = Results("matcher", args), []
+    for threads in args.threads:
+        with results.at(threads) as entry:
+            solve_time = median_time(solve_only, repeats=args.repeats)
+            entry["scipy_ms"] = round(solve_time * 1e3, 3)
+            ours_time, ours_pairs = 0.0, []
+            for name, run in matchers.items():
+                seconds = median_time(run, repeats=args.repeats)
+                pairs = [(torch.as_tensor(p).cpu().numpy(), torch.as_tensor(t).cpu().numpy()) for p, t in run()]
+                if not ours_pairs:
+                    ours_time, ours_pairs = seconds, pairs
+                    print(f"  {name:38s} {seconds * 1e3:9.2f} ms   (scipy's share: {solve_time * 1e3:.2f} ms)")
+                else:
+                    print(f"  {name:38s} {seconds * 1e3:9.2f} ms   sightkit is {seconds / ours_time:.1f}x faster")
+                    summary.append((f"vs {name}", threads, ours_time * 1e3, seconds * 1e3))
+                totals = [cost[p, t].sum() for cost, (p, t) in zip(costs, pairs, strict=True)]
+                gap = max(abs(total - best) for total, best in zip(totals, optimum, strict=True))
+                same = sum(
+                    np.array_equal(p, q) and np.array_equal(t, u)
+                    for (p, t), (q, u) in zip(pairs, ours_pairs, strict=True)
+                )
+                print(
+                    f"      total cost - float64 optimum: max |gap| {gap:.1e} over {len(costs)} images; "
+                    f"assignment identical to sightkit's on {same}/{len(costs)}"
+                )
+                entry[name] = {
+                    "ms": round(seconds * 1e3, 3),
+                    "ratio": ratio(seconds, ours_time),
+                    "max_gap_to_optimum": float(gap),
+                    "same_assignment": f"{same}/{len(costs)}",
+                }
+    print_ratio_summary("HungarianMatcher, sightkit against each peer", summary)
+    results.write()
