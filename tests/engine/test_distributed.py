@@ -98,6 +98,9 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path) ->
         checkpoint = torch.load(tmp_path / f"acc{accumulate}" / "last.pt", weights_only=True)
         assert checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
         assert not any(key.startswith("module.") for key in checkpoint["model"])
+        # One TensorBoard event file and one results.csv: rank 1 wrote none of its own.
+        assert len(list((tmp_path / f"acc{accumulate}").glob("events.out.tfevents.*"))) == 1
+        assert (tmp_path / f"acc{accumulate}" / "results.csv").is_file()
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ import logging
 import math
 import multiprocessing
 import random
+import shlex
 import sys
 import time
 import warnings
@@ -78,7 +79,7 @@ from sightkit.engine.distributed import (
     reduce_sum,
     unwrap_model,
 )
-from sightkit.engine.metrics import MetricsLog, ProgressBar, plot_curves
+from sightkit.engine.metrics import CSV_NAME, EVENTS_PREFIX, MetricsLog, ProgressBar, plot_curves
 from sightkit.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from sightkit.engine.rank_local import rank_local_state, restore_rank_local
 from sightkit.engine.run_folder import LOCK, RunLock, remove_stale_temporaries
@@ -193,6 +194,8 @@ class TrainConfig:
     )
     progress: bool = field(default=True, metadata=_help("progress bar and log lines on rank 0"))
     plot: bool = field(default=True, metadata=_help("write curves.png at the end"))
+    tensorboard: bool = field(default=True, metadata=_help("write TensorBoard event files into the out folder"))
+    csv: bool = field(default=True, metadata=_help("write results.csv beside metrics.jsonl"))
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -455,7 +458,9 @@ class Trainer:
         self.forward_model = torch.compile(model) if config.compile else model
 
         self.checkpoints = CheckpointManager(self.out, keep=config.keep, mode=config.best_mode)
-        self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.context.is_main)
+        self.log = MetricsLog(
+            self.out / "metrics.jsonl", enabled=self.context.is_main, csv=config.csv, tensorboard=config.tensorboard
+        )
         self.step = 0
         self.bad_in_row = 0
         self.bad_total = 0
@@ -846,7 +851,7 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             if self.step == 0:
-                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+                self.log.reset()
             save_config(config, self.out / "config.yaml")
         bar = ProgressBar(self.total_steps, start=self.step, enabled=main and config.progress)
         meters: dict[str, RunningMean] = {}
@@ -909,9 +914,30 @@ class Trainer:
             bar.close()
         if main:
             save_weights(self._eval_model(), self.out / "last.safetensors", self.weights_metadata)
+            self.log.close()
             if config.plot:
                 plot_curves(self.log.read(), self.out / "curves.png")
+            if config.progress:
+                for line in self._closing_lines():
+                    print(line, flush=True)
         return dict(self.metrics)
+
+    def _closing_lines(self) -> list[str]:
+        """What the run wrote, and the command that evaluates its weights (when the task is known)."""
+        names = ("best.safetensors", "last.safetensors", "best.pt", "last.pt", "metrics.jsonl", CSV_NAME, "curves.png")
+        written = [name for name in names if (self.out / name).is_file()]
+        if any(self.out.glob(EVENTS_PREFIX + "*")):
+            written.append(f"TensorBoard events (tensorboard --logdir {shlex.quote(str(self.out))})")
+        lines = [f"results in {self.out}: {', '.join(written)}"]
+        task = self.weights_metadata.get("task") or getattr(self.config, "task", "")
+        weights = self.out / ("best.safetensors" if (self.out / "best.safetensors").is_file() else "last.safetensors")
+        if task:
+            command = f"sightkit eval {task} weights={shlex.quote(str(weights))}"
+            data = getattr(self.config, "data", "")
+            if isinstance(data, str | Path) and str(data):
+                command += f" data={shlex.quote(str(data))}"
+            lines.append(f"next: {command}")
+        return lines
 
     def _stop_non_finite(self, losses: Mapping[str, float]) -> None:
         shown = {name: f"{value:.4g}" for name, value in losses.items()}
@@ -932,7 +958,9 @@ class Trainer:
             record["bad_samples"] = self.preflight_skipped + int(replaced.item())
         self.log.write(record)
         if self.context.is_main and self.config.progress and not bar.enabled:
-            print(f"step {self.step}/{self.total_steps}  " + _stats_line({k: record[k] for k in ("loss", "lr")}))
+            # Without a terminal (CI logs, nohup) these lines are the progress bar: rate and ETA included.
+            stats = _stats_line({k: record[k] for k in ("loss", "lr")})
+            bar.print(f"step {self.step}/{self.total_steps}  epoch {epoch + 1}  {stats}  {bar.rate_and_eta(self.step)}")
 
     # ------------------------------------------------------------------ evaluation
 
@@ -980,8 +1008,7 @@ class Trainer:
         self.metrics = self.evaluate()
         self.log.write({"kind": "val", "step": self.step, "epoch": epoch + 1, **self.metrics})
         if self.context.is_main and self.config.progress:
-            line = f"eval step {self.step}: {_stats_line(self.metrics)}"
-            bar.print(line) if bar.enabled else print(line)
+            bar.print(f"eval step {self.step}: {_stats_line(self.metrics)}")
         if self.config.best_metric not in self.metrics:
             raise ValueError(
                 f"best_metric={self.config.best_metric!r} is not among the evaluation metrics "
