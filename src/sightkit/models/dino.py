@@ -36,9 +36,9 @@ and a stride-32 level from a convolution on layer3, as Deformable DETR builds it
 One encoder layer (its 336 tokens at 128 pixels cost as much as the ResNet) and 30 denoising
 copies keep a training step within 2x of ``detr_r18_tiny``'s.
 
-IDEA-Research's published DINO-4scale checkpoints fit ``dino_r50`` with four options that
+IDEA-Research's published DINO-4scale checkpoints fit ``dino_r50`` with five options that
 reproduce their network (:mod:`sightkit.weights.dino` sets them): ``position_temperature=20``,
-``decoder_norm=True``, ``logit_eps=1e-3`` and ``invalid_anchor="inf"``.
+``decoder_norm=True``, ``logit_eps=1e-3``, ``invalid_anchor="inf"`` and ``query_pos_frame="padded"``.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ from sightkit.nn.position_encoding import sine_position_encoding
 
 #: How encoder tokens with an anchor past the border (or on padding) propose (see :class:`DINO`).
 INVALID_ANCHORS = ("zero", "inf")
+#: Frames of the decoder's query position embedding (see :class:`DINO`).
+QUERY_POS_FRAMES = ("image", "padded")
 #: Logit of the prior probability 0.01 of the classification biases (the focal loss paper's init).
 _PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
 
@@ -115,6 +117,10 @@ class DINO(nn.Module):
             or lies on padding: ``"zero"`` (an anchor of logit 0; padding never proposes) or
             ``"inf"`` (IDEA-Research's DINO: an infinite logit, a box covering everything,
             padding ranked like any token).
+        query_pos_frame: the frame in which the decoder's query position embeds each reference
+            box: ``"image"`` (relative to the unpadded image, as the box itself) or ``"padded"``
+            (IDEA-Research's DINO: relative to the padded batch, the box scaled by the valid
+            fraction of the first level). The two differ only on padded images.
     """
 
     def __init__(
@@ -137,10 +143,13 @@ class DINO(nn.Module):
         decoder_norm: bool = False,
         logit_eps: float = 1e-5,
         invalid_anchor: str = "zero",
+        query_pos_frame: str = "image",
     ) -> None:
         super().__init__()
         if invalid_anchor not in INVALID_ANCHORS:
             raise ValueError(f"invalid_anchor must be one of {INVALID_ANCHORS}, got {invalid_anchor!r}")
+        if query_pos_frame not in QUERY_POS_FRAMES:
+            raise ValueError(f"query_pos_frame must be one of {QUERY_POS_FRAMES}, got {query_pos_frame!r}")
         if num_classes < 1 or num_queries < 1 or num_decoder_layers < 1 or num_encoder_layers < 0:
             raise ValueError(
                 "need num_classes, num_queries, num_decoder_layers >= 1 and num_encoder_layers >= 0, got "
@@ -182,6 +191,7 @@ class DINO(nn.Module):
         self.position_temperature = position_temperature
         self.logit_eps = logit_eps
         self.invalid_anchor = invalid_anchor
+        self.query_pos_frame = query_pos_frame
         self.d_model = d_model
         self.num_classes = num_classes
         self.num_queries = num_queries
@@ -366,8 +376,10 @@ class DINO(nn.Module):
         logits, boxes = [], []
         for layer, class_head, box_head in zip(self.decoder_layers, self.class_heads, self.box_heads, strict=True):
             reference = references.detach()
-            query_pos = self.query_pos_head(box_sine_embedding(reference, self.d_model // 2))
-            output = layer(output, query_pos, reference[:, :, None] * level_scale, memory, shapes, padding, attn_mask)
+            level_boxes = reference[:, :, None] * level_scale
+            embedded = reference if self.query_pos_frame == "image" else level_boxes[:, :, 0]
+            query_pos = self.query_pos_head(box_sine_embedding(embedded, self.d_model // 2))
+            output = layer(output, query_pos, level_boxes, memory, shapes, padding, attn_mask)
             if self.decoder_norm is None:
                 # Look forward twice: the undetached reference lets this box loss train the previous layer.
                 references = (box_head(output) + inverse_sigmoid(references, self.logit_eps)).sigmoid()
@@ -424,6 +436,7 @@ def build_dino(
     decoder_norm: bool = False,
     logit_eps: float = 1e-5,
     invalid_anchor: str = "zero",
+    query_pos_frame: str = "image",
 ) -> DINO:
     """Build a :class:`DINO` from plain settings; the defaults are DINO-4scale's (``dino_r50``).
 
@@ -451,6 +464,7 @@ def build_dino(
         decoder_norm=decoder_norm,
         logit_eps=logit_eps,
         invalid_anchor=invalid_anchor,
+        query_pos_frame=query_pos_frame,
     )
 
 

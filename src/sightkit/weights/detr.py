@@ -59,7 +59,7 @@ _FACEBOOK_BACKBONE = "backbone.0.body."
 
 
 def recognise_facebookresearch(state: Mapping[str, Tensor]) -> bool:
-    return f"{_FACEBOOK_BACKBONE}conv1.weight" in state and "transformer.decoder.norm.weight" in state
+    return f"{_FACEBOOK_BACKBONE}conv1.weight" in state and "query_embed.weight" in state
 
 
 def recognise_transformers(state: Mapping[str, Tensor]) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from sightkit.weights import detr, insightface, rle
+from sightkit.weights import detr, dino, insightface, rle
 from sightkit.weights.layout import Converted, fit_state_dict
 from sightkit.weights.sources import Fetched, fetch
 
@@ -25,6 +25,7 @@ from sightkit.weights.sources import Fetched, fetch
 _LAYOUTS: tuple[tuple[Callable[[Mapping[str, Tensor]], bool], Callable[[Fetched], Converted]], ...] = (
     (detr.recognise_transformers, detr.convert),
     (detr.recognise_facebookresearch, detr.convert),
+    (dino.recognise, dino.convert),
     (insightface.recognise_iresnet, insightface.convert),
     (insightface.recognise_mobilefacenet, insightface.convert),
     (rle.recognise, rle.convert),
@@ -59,8 +60,8 @@ def convert(fetched: Fetched) -> Converted:
     sample = ", ".join(list(fetched.state)[:6])
     raise ValueError(
         f"{fetched.source}: the keys ({sample}, ...) match no known layout (DETR facebookresearch or transformers, "
-        "insightface IResNet or MobileFaceNet, RLE RegressFlow); `sightkit weights list` shows the known sources. "
-        "ImageNet backbones (torchvision:, timm:) load with backbone_weights= instead"
+        "IDEA-Research DINO, insightface IResNet or MobileFaceNet, RLE RegressFlow); `sightkit weights list` shows "
+        "the known sources. ImageNet backbones (torchvision:, timm:) load with backbone_weights= instead"
     )
 
 
