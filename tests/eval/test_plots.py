@@ -82,3 +82,11 @@ def test_bad_arguments(tmp_path: Path) -> None:
         plot_precision_recall(np.zeros((101, 2)), tmp_path / "a.png", names=["a"])
     with pytest.raises(ValueError, match=r"recall_thresholds must have shape \[101\], got \(5,\)"):
         plot_precision_recall(np.zeros((101, 1)), tmp_path / "a.png", names=["a"], recall_thresholds=np.zeros(5))
+
+
+def test_labelled_curves_have_distinct_colours(tmp_path: Path) -> None:
+    # Twelve categories: matplotlib's default colour cycle would repeat its first two.
+    precision = np.tile(np.linspace(1, 0, 11)[:, None], (1, 12))
+    figure = plot_precision_recall(precision, tmp_path / "twelve.png", names=[f"c{k}" for k in range(12)])
+    colours = [tuple(line.get_color()) for line in figure.axes[0].get_lines()[:-1]]
+    assert len(colours) == 12 and len(set(colours)) == 12

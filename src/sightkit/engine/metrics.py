@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sightkit._api import export
+from sightkit.eval.plots import distinct_colours
 
 #: Beside ``metrics.jsonl``: the same records as a table.
 CSV_NAME = "results.csv"
@@ -187,17 +188,6 @@ def _panels() -> list[tuple[str, str, Callable[[str], bool]]]:
     ]
 
 
-def _colours(count: int) -> list[Any]:
-    """``count`` colours that differ from each other: tab10, tab20, then a spread of turbo."""
-    from matplotlib import colormaps
-
-    if count <= 10:
-        return [colormaps["tab10"](i) for i in range(count)]
-    if count <= 20:
-        return [colormaps["tab20"](i) for i in range(count)]
-    return [colormaps["turbo"](i / (count - 1)) for i in range(count)]
-
-
 def _series(records: list[Mapping[str, Any]], key: str) -> list[tuple[float, float]]:
     return [
         (r["step"], r[key])
@@ -239,7 +229,7 @@ def curves_figure(records: list[Mapping[str, Any]]) -> Any:
             steps, values = zip(*series[key], strict=True)
             label = f"auxiliary layers ({len(auxiliary)})" if index == 0 else None
             axis.plot(steps, values, color="0.75", linewidth=0.8, label=label, zorder=1)
-        for key, colour in zip(main, _colours(len(main)), strict=True):
+        for key, colour in zip(main, distinct_colours(len(main)), strict=True):
             steps, values = zip(*series[key], strict=True)
             axis.plot(steps, values, color=colour, label=key, marker="o" if len(steps) < 20 else None, zorder=2)
         if title == "training losses" and all(v > 0 for points in series.values() for _, v in points):

@@ -15,6 +15,18 @@ from sightkit._api import export
 _MAX_LABELLED = 12
 
 
+def distinct_colours(count: int) -> list[tuple[float, float, float, float]]:
+    """``count`` RGBA colours that differ from each other, for the labelled series of one plot:
+    tab10, tab20 beyond 10 (matplotlib's default cycle repeats after 10), then a spread of turbo."""
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return [colormaps["tab10"](i) for i in range(count)]
+    if count <= 20:
+        return [colormaps["tab20"](i) for i in range(count)]
+    return [colormaps["turbo"](i / (count - 1)) for i in range(count)]
+
+
 @export("eval.plot_precision_recall")
 def plot_precision_recall(
     precision: np.ndarray,
@@ -52,10 +64,10 @@ def plot_precision_recall(
     figure = Figure(figsize=(7, 5.5), layout="constrained")
     axes = figure.add_subplot()
     labelled = len(valid) <= _MAX_LABELLED
-    for k in valid:
+    for k, colour in zip(valid, distinct_colours(len(valid)), strict=True):
         curve = precision[:, k]
         if labelled:
-            axes.plot(recall, curve, linewidth=1.2, label=f"{names[k]} (AP {curve.mean():.3f})")
+            axes.plot(recall, curve, linewidth=1.2, color=colour, label=f"{names[k]} (AP {curve.mean():.3f})")
         else:
             axes.plot(recall, curve, linewidth=0.6, color="0.7")
     if valid:
