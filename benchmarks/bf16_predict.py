@@ -1,0 +1,146 @@
+"""bfloat16 inference against float32: images per second through a detection predictor, and
+what it costs in accuracy (COCO AP on a validation set, the largest box and score difference).
+
+``python -m benchmarks bf16_predict WEIGHTS [WEIGHTS ...] --data FOLDER [--images 64] [--batch 8]
+[--repeats 7] [--threads 1 2]``
+
+WEIGHTS are detection weights written by ``sightkit train detect`` (e.g. ``detr_r18_tiny`` and
+``dino_r18_tiny`` trained on the synthetic shapes); ``--data`` the COCO folder they were
+trained on. For each weights file, at each thread count, in one process:
+
+- speed: ``--images`` validation images, decoded once, through ``predictor.predict_frames``
+  (preprocessing, model, postprocessing) in batches of ``--batch``, at float32 and under
+  ``autocast_context("bf16", "cpu")``; the median over ``--repeats`` passes, as images/s;
+- accuracy (once, at the first thread count): the task's own evaluation (``sightkit eval
+  detect``: COCO AP with faster-coco-eval) of the whole validation split at each precision,
+  and on the first batch the largest difference of the raw outputs, boxes in pixels of the
+  network input and class probabilities.
+
+bfloat16 pays where the CPU has bfloat16 instructions (AVX512-BF16, AMX; printed below) and
+on CUDA from Ampere on; elsewhere autocast emulates it. The figures go to
+``benchmarks/results/bf16_predict.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary, ratio
+from sightkit.data.sources import Frame
+from sightkit.engine.precision import autocast_context
+from sightkit.tasks.detect import DetectEvalConfig
+from sightkit.tasks.registry import get_task
+from sightkit.tasks.runner import load_for
+
+
+def bf16_instructions() -> str:
+    """The CPU's bfloat16 instruction sets, from /proc/cpuinfo's flags."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags.split()]
+    return ", ".join(found) or "none (bf16 is emulated)"
+
+
+def evaluate(predictor: object, weights: str, data: str, batch: int, precision: str) -> dict[str, float]:
+    """``sightkit eval detect`` on the validation split, the model call under ``precision``."""
+    task = get_task("detect")
+    plan = task.eval_plan(DetectEvalConfig(weights=weights, data=data, batch=batch), predictor)
+    loader = DataLoader(plan.dataset, batch_size=batch, collate_fn=plan.collate)
+    with autocast_context(precision, "cpu"):
+        return plan.evaluate(predictor.model, loader, None)
+
+
+def raw_outputs(predictor: object, frames: list[Frame], precision: str) -> tuple[dict[str, torch.Tensor], int]:
+    """The model's outputs on ``frames`` at ``precision``, in float32, and the input's longer side."""
+    inputs = predictor.preprocess(frames, predictor.settings())
+    with torch.inference_mode(), autocast_context(precision, "cpu"):
+        outputs = predictor.forward(inputs)
+    return {key: value.float() for key, value in outputs.items() if key in ("pred_logits", "pred_boxes")}, max(
+        inputs["images"].shape[-2:]
+    )
+
+
+def images_per_second(predictor: object, frames: list[Frame], batch: int, precision: str, repeats: int) -> float:
+    settings = predictor.settings()
+
+    def run() -> None:
+        with autocast_context(precision, "cpu"):
+            for start in range(0, len(frames), batch):
+                predictor.predict_frames(frames[start : start + batch], settings)
+
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return len(frames) / statistics.median(times)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks bf16_predict", description=__doc__.splitlines()[0])
+    parser.add_argument("weights", nargs="+", help="detection .safetensors files")
+    parser.add_argument("--data", required=True, help="the COCO folder the weights were trained on")
+    parser.add_argument("--images", type=int, default=64, help="validation images timed per pass")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=7)
+    add_threads_argument(parser)
+    args = parser.parse_args(argv)
+
+    results, summary = Results("bf16_predict", args), []
+    print(f"CPU bfloat16 instructions: {bf16_instructions()}")
+    for weights in args.weights:
+        predictor = load_for(get_task("detect"), weights, "cpu")
+        images_dir = Path(args.data) / "images"
+        names = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        frames = [Frame(np.asarray(Image.open(p).convert("RGB")), str(p)) for p in names[: args.images]]
+        print(f"\n{predictor.name} ({weights}): {len(frames)} images, batch {args.batch}, median of {args.repeats}")
+        accuracy: dict[str, object] = {}
+        for threads in args.threads:
+            with results.at(threads, model=predictor.name, weights=weights) as entry:
+                speed = {p: images_per_second(predictor, frames, args.batch, p, args.repeats) for p in ("fp32", "bf16")}
+                print(
+                    f"  images/s: fp32 {speed['fp32']:.1f}, bf16 {speed['bf16']:.1f}, "
+                    f"bf16 / fp32 {speed['bf16'] / speed['fp32']:.2f}x"
+                )
+                summary.append((predictor.name, threads, 1e3 / speed["bf16"], 1e3 / speed["fp32"]))
+                entry["images_per_s"] = {p: round(v, 2) for p, v in speed.items()}
+                entry["speedup"] = ratio(speed["bf16"], speed["fp32"])
+                if not accuracy:
+                    fp32, size = raw_outputs(predictor, frames[: args.batch], "fp32")
+                    bf16, _ = raw_outputs(predictor, frames[: args.batch], "bf16")
+                    probs = {
+                        key: out["pred_logits"].softmax(-1)
+                        if predictor.name.startswith("detr")
+                        else out["pred_logits"].sigmoid()
+                        for key, out in (("fp32", fp32), ("bf16", bf16))
+                    }
+                    metrics = {p: evaluate(predictor, weights, args.data, args.batch, p) for p in ("fp32", "bf16")}
+                    accuracy = {
+                        "AP_fp32": metrics["fp32"]["AP"],
+                        "AP_bf16": metrics["bf16"]["AP"],
+                        "AP_difference": metrics["bf16"]["AP"] - metrics["fp32"]["AP"],
+                        "AP50_difference": metrics["bf16"]["AP50"] - metrics["fp32"]["AP50"],
+                        "max_box_difference_px": (bf16["pred_boxes"] - fp32["pred_boxes"]).abs().max().item() * size,
+                        "max_probability_difference": (probs["bf16"] - probs["fp32"]).abs().max().item(),
+                    }
+                    print(
+                        f"  AP fp32 {accuracy['AP_fp32']:.4f}, bf16 {accuracy['AP_bf16']:.4f} "
+                        f"(difference {accuracy['AP_difference']:+.4f}); largest box difference "
+                        f"{accuracy['max_box_difference_px']:.2f} px at {size} px input, "
+                        f"probability {accuracy['max_probability_difference']:.4f}"
+                    )
+                    entry["accuracy"] = accuracy
+    # ms per image, so that the printed ratio is fp32 time / bf16 time: the speed-up
+    print_ratio_summary("bf16 predict, ms per image (ours: bf16, peer: fp32)", summary)
+    results.write()
