@@ -311,5 +311,5 @@ def test_weights_list_names_every_family() -> None:
     result = CliRunner().invoke(weights_app, ["list"])
     assert result.exit_code == 0
     for text in ("hf:facebook/detr-resnet-50", "detr-r50-e632da11.pth", "torchvision:resnet50.IMAGENET1K_V1",
-                 "insightface", "rle/regressflow", "Apache-2.0"):  # fmt: skip
+                 "insightface", "rle/regressflow", "dino/idea", "Apache-2.0"):  # fmt: skip
         assert text in result.output

@@ -2,7 +2,7 @@
 
 ``sightkit weights list`` prints this table. Sources without a stable download address
 (insightface's and RLE's model zoos are on Google Drive / OneDrive) are read from the file a
-user downloaded; the table names the file.
+user downloaded (``FILE:`` rows); the table names the file.
 """
 
 from __future__ import annotations
@@ -47,6 +47,13 @@ KNOWN_SOURCES: tuple[KnownSource, ...] = (
     ),
     KnownSource(
         _DETR_URL + "detr-r101-2c7b67e5.pth", "detr/facebookresearch", "detr_r50", "DETR R101 (torch.hub)", "Apache-2.0"
+    ),
+    KnownSource(
+        "FILE:checkpoint0011_4scale.pth (IDEA-Research/DINO model zoo)",
+        "dino/idea",
+        "dino_r50",
+        "DINO-4scale R50, 12 epochs (49.0 AP); also checkpoint0033_4scale.pth (36 epochs)",
+        "Apache-2.0",
     ),
     KnownSource("torchvision:resnet18", _TV, "backbone", "ImageNet-1k ResNet-18", "BSD-3-Clause (torchvision)"),
     KnownSource("torchvision:resnet34", _TV, "backbone", "ImageNet-1k ResNet-34", "BSD-3-Clause (torchvision)"),
