@@ -5,16 +5,33 @@ weights file."""
 from __future__ import annotations
 
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from sightkit._api import export
+from sightkit.config import setting
+from sightkit.engine.trainer import TrainConfig
 from sightkit.models.registry import create_model, list_models
 from sightkit.predictor import resolve_device
 
-__all__ = ["build_model", "dataset_files", "image_paths", "read_metadata", "resolve_device"]
+__all__ = ["TaskConfig", "build_model", "dataset_files", "image_paths", "read_metadata", "resolve_device"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@export("tasks.TaskConfig")
+@dataclass
+class TaskConfig(TrainConfig):
+    """The keys every ``sightkit train TASK`` adds to the engine's (:class:`TrainConfig`); a task's
+    config subclasses it, sets its defaults with :func:`sightkit.config.with_defaults` and adds
+    its own keys."""
+
+    model: str = setting("", "model name (sightkit.models.list_models(TASK))")
+    data: str = setting("", "dataset folder")
+    train_split: str = setting("train", "split to train on")
+    val_split: str = setting("val", "split to evaluate on during training ('' : none)")
 
 
 def build_model(task: str, name: str, **overrides: Any) -> nn.Module:
@@ -29,26 +46,19 @@ def build_model(task: str, name: str, **overrides: Any) -> nn.Module:
         raise ValueError(f"settings {overrides} do not fit model={name!r}: {error}") from None
 
 
-def dataset_files(data: str | Path, split: str) -> tuple[Path, Path]:
-    """``(images folder, annotation JSON)`` of ``split`` in a COCO-layout dataset folder ``data``
-    (``images/``, ``annotations/<split>.json``).
+def dataset_files(data: str | Path, split: str, keypoints: bool = False) -> tuple[Path, Path]:
+    """``(images folder, COCO JSON)`` of ``split`` in the dataset ``data``: a COCO folder
+    (``images/`` + ``annotations/<split>.json``, or COCO's own naming), an ultralytics YOLO
+    ``data.yaml`` (or its folder) or a Pascal VOC folder, read through
+    :func:`sightkit.data.formats.dataset_annotations` (YOLO and VOC splits become a cached COCO JSON).
 
     Raises:
-        FileNotFoundError: the folder or the JSON is missing (the message lists what is there).
+        FileNotFoundError: ``data`` is missing, in no known layout, or lacks ``split`` (the message
+            lists what is there).
     """
-    root = Path(data)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"data={str(root)!r} is not a folder; make one with `sightkit data synth shapes out={root}` "
-            "or point data= at a folder holding images/ and annotations/<split>.json"
-        )
-    annotations = root / "annotations" / f"{split}.json"
-    if not annotations.is_file():
-        found = sorted(p.name for p in (root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []
-        raise FileNotFoundError(
-            f"no annotations for split {split!r}: {annotations} does not exist (annotations found: {found or 'none'})"
-        )
-    return root / "images", annotations
+    from sightkit.data.formats import dataset_annotations
+
+    return dataset_annotations(data, split, keypoints=keypoints)
 
 
 def image_paths(source: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES, argument: str = "source") -> list[Path]:
