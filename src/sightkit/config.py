@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import types
 import typing
 from collections.abc import Sequence
@@ -40,6 +41,34 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any 
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+def with_defaults(**defaults: Any) -> Any:
+    """Class decorator, placed under ``@dataclass``: other defaults for keys the class inherits,
+    which keep their type, help and place in the key order::
+
+        @dataclass
+        @with_defaults(out="runs/detect/train", epochs=50)
+        class DetectConfig(TaskConfig): ...
+
+    Raises:
+        ConfigError: a key that no base class has.
+    """
+
+    def apply(cls: type[T]) -> type[T]:
+        bases = [base for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)]
+        inherited = {f.name: f for base in bases for f in dataclasses.fields(base)}
+        annotations = inspect.get_annotations(cls)
+        cls.__annotations__ = {**{name: inherited[name].type for name in defaults if name in inherited}, **annotations}
+        for name, value in defaults.items():
+            if name not in inherited:
+                raise _unknown_key(name, list(inherited), f" for {cls.__name__}'s defaults")
+            default = setting(factory=lambda v=value: type(v)(v)) if isinstance(value, list | dict) else setting(value)
+            default.metadata = inherited[name].metadata
+            setattr(cls, name, default)
+        return cls
+
+    return apply
 
 
 DEVICE_HELP = "cpu, cuda, cuda:K ('' : cuda if available)"

@@ -17,13 +17,12 @@ import typer
 from typer.core import TyperCommand
 
 from sightkit.config import ConfigError, build_config, config_help
+from sightkit.tasks.registry import MODES as TASK_MODES
 from sightkit.tasks.registry import get_task, list_tasks
 
 #: A table of choices for :func:`run`: name -> (config class, function taking the config).
 Mode = dict[str, tuple[type, Callable[..., Any]]]
 
-#: The modes that run a task, and the attribute of :class:`~sightkit.tasks.registry.Task` naming its config.
-TASK_MODES = {"train": "train_config", "eval": "eval_config", "predict": "predict_config"}
 
 Settings = Annotated[list[str] | None, typer.Argument(help="key=value settings (listed below)")]
 TaskName = Annotated[str, typer.Argument(help=" | ".join(list_tasks()))]
@@ -90,7 +89,7 @@ def run_task(mode: str, task_name: str, settings: list[str] | None) -> Any:
             having = ", ".join(name for name in list_tasks() if getattr(get_task(name), TASK_MODES[mode]))
             raise ValueError(f"task {task_name!r} has no {mode} mode; tasks with one: {having}")
         config = build_config(config_class, settings or [])
-        return {"train": runner.train, "eval": runner.evaluate, "predict": runner.predict}[mode](task, config)
+        return {"train": runner.train, "eval": runner.evaluate, "predict": runner.predict}[mode](config, task=task)
 
     return guarded(go)
 
@@ -118,11 +117,11 @@ def register(app: typer.Typer) -> None:
         run_task("predict", task, settings)
 
     def export_table() -> Mode:
-        from sightkit.tasks.export import ExportConfig, export_onnx
+        from sightkit.tasks.export import EXPORTERS, ExportConfig
 
-        return {"onnx": (ExportConfig, export_onnx)}
+        return {fmt: (ExportConfig, exporter) for fmt, exporter in EXPORTERS.items()}
 
     @app.command(cls=keys_command(lambda: keys_of({name: c for name, (c, _) in export_table().items()})))
-    def export(fmt: Annotated[str, typer.Argument(help="onnx")], settings: Settings = None) -> None:
-        """Export trained weights: sightkit export onnx weights=runs/x/best.safetensors."""
+    def export(fmt: Annotated[str, typer.Argument(help="onnx, pt2 or torchscript")], settings: Settings = None) -> None:
+        """Export trained weights: sightkit export onnx weights=runs/x/best.safetensors (also pt2, torchscript)."""
         run(export_table(), "FORMAT", fmt, settings)

@@ -40,20 +40,19 @@ from torchvision import tv_tensors
 from torchvision.ops import DeformConv2d
 
 from sightkit._api import export
-from sightkit.config import EvalConfig, PredictConfig, setting
+from sightkit.config import EvalConfig, PredictConfig, setting, with_defaults
 from sightkit.data.coco import CocoDetection
 from sightkit.data.collate import collate_detection
 from sightkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, detection_transforms
 from sightkit.engine.checkpoint import load_weights
 from sightkit.engine.data import call_model, to_device
 from sightkit.engine.distributed import unwrap_model
-from sightkit.engine.trainer import TrainConfig
 from sightkit.eval.coco import CocoEvaluator
 from sightkit.ops.boxes import box_convert
 from sightkit.predictor import Predictor, frame_results, image_tensor, pad_images
 from sightkit.results import Results
 from sightkit.tasks import runner
-from sightkit.tasks.common import build_model, dataset_files
+from sightkit.tasks.common import TaskConfig, build_model, dataset_files
 from sightkit.tasks.export import ExportSpec
 from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
@@ -62,46 +61,39 @@ TASK = "detect"
 
 @export("tasks.DetectConfig")
 @dataclass
-class DetectConfig(TrainConfig):
+@with_defaults(
+    model="detr_r18_tiny", data="runs/data/shapes", out="runs/detect/train", epochs=50, batch=8,
+    backbone_lr_mult=0.1, clip_grad_norm=0.1, best_metric="AP",
+)  # fmt: skip
+class DetectConfig(TaskConfig):
     """Settings of ``sightkit train detect``: the engine's keys plus the detection ones, with
     DETR's recipe as defaults (AdamW lr 1e-4, backbone lr x0.1, weight decay 1e-4, gradient
     clipping at norm 0.1)."""
 
-    model: str = setting("detr_r18_tiny", "model name (sightkit.models.list_models('detect'))")
     model_args: dict[str, Any] = setting(  # noqa: RUF009  (a default_factory: each config gets its own dict)
         help="builder overrides, e.g. '{cls_loss: focal, refine: false}' (VFNet)", factory=dict
     )
-    data: str = setting("runs/data/shapes", "dataset folder: images/, annotations/*.json")
-    train_split: str = setting("train", "annotations/<train_split>.json for training")
-    val_split: str = setting("val", "annotations/<val_split>.json for evaluation ('' : none)")
     imgsz: int = setting(320, "shorter image side (the train recipe scales around it)")
     max_size: int = setting(512, "longest image side")
     eos_coef: float = setting(0.1, "weight of the 'no object' class in DETR's cross-entropy (softmax models)")
     top_k: int = setting(100, "detections kept per image at evaluation")
-    out: str = setting("runs/detect/train", "run folder (checkpoints, metrics, plots)")
-    epochs: int = setting(50, "passes over the training data (0: steps decides)")
-    batch: int = setting(8, "global batch of one optimiser step, all processes together")
-    backbone_lr_mult: float = setting(0.1, "backbone learning-rate multiplier (DETR: 0.1)")
-    clip_grad_norm: float = setting(0.1, "clip gradients to this total norm (0: off)")
-    best_metric: str = setting("AP", "metric that picks best.pt")
-    best_mode: str = setting("max", "max or min: which way best_metric improves")
 
 
 @export("tasks.DetectEvalConfig")
 @dataclass
+@with_defaults(data="runs/data/shapes")
 class DetectEvalConfig(EvalConfig):
     """Settings of ``sightkit eval detect``."""
 
-    data: str = setting("runs/data/shapes", "dataset folder: images/, annotations/<split>.json")
     top_k: int = setting(100, "detections kept per image")
 
 
 @export("tasks.DetectPredictConfig")
 @dataclass
+@with_defaults(out="runs/detect/predict")
 class DetectPredictConfig(PredictConfig):
     """Settings of ``sightkit predict detect``."""
 
-    out: str = setting("runs/detect/predict", "folder for the pictures, predictions.jsonl and predictions.json")
     top_k: int = setting(100, "detections kept per image")
     annotations: str = setting("", "COCO JSON whose image ids predictions.json uses ('' : position in source)")
 
@@ -387,22 +379,5 @@ class DetectTask(Task):
 
 DETECT = register_task(DetectTask())
 
-
-@export("tasks.train_detect")
-def train(config: DetectConfig) -> dict[str, float]:
-    """Train a detector as ``config`` says (:func:`sightkit.tasks.runner.train`)."""
-    return runner.train(DETECT, config)
-
-
-@export("tasks.evaluate_detect")
-def evaluate(config: DetectEvalConfig, console: Console | None = None) -> dict[str, float]:
-    """COCO box AP/AR of a weights file on a dataset split; writes ``metrics.json``,
-    ``per_class_ap.json`` and ``pr_curve.png`` and prints the tables."""
-    return runner.evaluate(DETECT, config, console)
-
-
-@export("tasks.predict_detect")
-def predict(config: DetectPredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
-    """Detect objects in ``config.source`` (:func:`sightkit.tasks.runner.predict`); writes the
-    pictures, ``predictions.jsonl`` and the COCO results ``predictions.json``."""
-    return runner.predict(DETECT, config, console)
+#: This task's modes (``sightkit.tasks.detect.train(config)``): the runner's, which read the task from the config.
+train, evaluate, predict = runner.train, runner.evaluate, runner.predict

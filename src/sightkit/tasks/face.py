@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from sightkit._api import export
-from sightkit.config import EvalConfig, PredictConfig, setting
+from sightkit.config import EvalConfig, PredictConfig, setting, with_defaults
 from sightkit.data.faces import (
     FACE_MEAN,
     FACE_STD,
@@ -47,7 +47,6 @@ from sightkit.data.faces import (
 )
 from sightkit.engine.checkpoint import load_model_state
 from sightkit.engine.distributed import all_gather_object
-from sightkit.engine.trainer import TrainConfig
 from sightkit.eval.face import kfold_accuracy, plot_roc, roc_curve, tar_at_far
 from sightkit.losses.partial_fc import PartialFC, exclude_from_ddp
 from sightkit.models.face import embed_faces
@@ -55,7 +54,7 @@ from sightkit.ops.align import align_faces
 from sightkit.predictor import Predictor, frame_results, image_tensor
 from sightkit.results import Results
 from sightkit.tasks import runner
-from sightkit.tasks.common import build_model
+from sightkit.tasks.common import TaskConfig, build_model
 from sightkit.tasks.export import ExportSpec
 from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
@@ -66,15 +65,16 @@ REPORTED_FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
 @export("tasks.FaceConfig")
 @dataclass
-class FaceConfig(TrainConfig):
+@with_defaults(
+    model="iresnet18", data="runs/data/faces/recognition", train_split="train", val_split="test",
+    out="runs/face/train", epochs=20, batch=128, lr=0.1, optimizer="sgd", weight_decay=5e-4, best_metric="accuracy",
+)  # fmt: skip
+class FaceConfig(TaskConfig):
     """Settings of ``sightkit train face``: the engine's keys plus the recognition ones, with
     insightface's recipe as defaults (SGD lr 0.1, momentum 0.9, weight decay 5e-4, ArcFace
-    s = 64, m = 0.5, embedding 512)."""
+    s = 64, m = 0.5, embedding 512). ``data`` holds one folder of identity folders per split
+    (``train_split`` to train on, ``val_split`` the pairs' images) and ``pairs``."""
 
-    model: str = setting("iresnet18", "embedder (iresnet18/34/50/100, mobilefacenet, *_tiny)")
-    data: str = setting("runs/data/faces/recognition", "folder with train/, test/, pairs.txt")
-    train_dir: str = setting("train", "identity folders for training, inside data")
-    val_dir: str = setting("test", "identity folders of the pairs' images, inside data")
     pairs: str = setting("pairs.txt", "LFW pairs file inside data ('' : no evaluation)")
     landmarks: str = setting("landmarks.json", "landmarks JSON inside data ('' : crops are aligned)")
     imgsz: int = setting(0, "side of the aligned crops (0: the model's input size)")
@@ -85,35 +85,27 @@ class FaceConfig(TrainConfig):
     m3: float = setting(0.0, "CosFace additive cosine margin (e.g. 0.4 with m2=0)")
     sample_rate: float = setting(1.0, "Partial FC: fraction of class centres per step")
     flip: bool = setting(True, "add the mirrored crop's embedding at evaluation")
-    out: str = setting("runs/face/train", "run folder (checkpoints, metrics, plots)")
-    epochs: int = setting(20, "passes over the training data (0: steps decides)")
-    batch: int = setting(128, "global batch of one optimiser step, all processes together")
-    lr: float = setting(0.1, "base learning rate")
-    optimizer: str = setting("sgd", "sgd or adamw")
-    weight_decay: float = setting(5e-4, "weight decay (none on norms and biases)")
-    best_metric: str = setting("accuracy", "metric that picks best.pt")
-    best_mode: str = setting("max", "max or min: which way best_metric improves")
 
 
 @export("tasks.FaceEvalConfig")
 @dataclass
+@with_defaults(data="runs/data/faces/recognition", split="test", batch=64)
 class FaceEvalConfig(EvalConfig):
-    """Settings of ``sightkit eval face``: verification on LFW-style pairs."""
+    """Settings of ``sightkit eval face``: verification on LFW-style pairs of the identity folders
+    ``data/split``."""
 
-    data: str = setting("runs/data/faces/recognition", "folder with the pairs' identity folders and pairs.txt")
-    split: str = setting("test", "identity folders of the pairs' images, inside data")
     pairs: str = setting("pairs.txt", "LFW pairs.txt, inside data (or an absolute path)")
     landmarks: str = setting("landmarks.json", "landmarks JSON, inside data ('' : the images are aligned crops)")
-    batch: int = setting(64, "crops per forward pass")
     flip: bool = setting(True, "add the mirrored crop's embedding")
 
 
 @export("tasks.FacePredictConfig")
 @dataclass
+@with_defaults(out="runs/face/predict")
 class FacePredictConfig(PredictConfig):
-    """Settings of ``sightkit predict face``: embeddings of the faces of images."""
+    """Settings of ``sightkit predict face``: embeddings of the faces of images (``conf``: the
+    detector's)."""
 
-    out: str = setting("runs/face/predict", "folder for the pictures and predictions.jsonl (embeddings)")
     detector: str = setting("", "face_detect weights that find the faces ('' : each image is an aligned crop)")
     flip: bool = setting(True, "add the mirrored crop's embedding")
 
@@ -233,12 +225,12 @@ def build_datasets(config: FaceConfig, imgsz: int) -> tuple[FaceFolder, FaceFold
             f"data=runs/data/faces/recognition) or point data= at a folder with train/, test/ and pairs.txt"
         )
     landmarks = _inside(config.data, config.landmarks)
-    train = FaceFolder(data / config.train_dir, imgsz, landmarks, train=True)
+    train = FaceFolder(data / config.train_split, imgsz, landmarks, train=True)
     if not config.pairs:
         return train, None, None
-    pairs = read_lfw_pairs(data / config.pairs, data / config.val_dir)
+    pairs = read_lfw_pairs(data / config.pairs, data / config.val_split)
     files, indices, same, folds = pair_files(pairs)
-    val = FaceFolder(data / config.val_dir, imgsz, landmarks, files=files)
+    val = FaceFolder(data / config.val_split, imgsz, landmarks, files=files)
     return train, val, PairEvaluate(indices, same, folds, config.flip)
 
 
@@ -420,22 +412,5 @@ class FaceTask(Task):
 
 FACE = register_task(FaceTask())
 
-
-@export("tasks.train_face")
-def train(config: FaceConfig) -> dict[str, float]:
-    """Train a face embedder as ``config`` says (:func:`sightkit.tasks.runner.train`); ``best.safetensors``
-    is picked by the pairs' 10-fold accuracy (``best_metric=accuracy``)."""
-    return runner.train(FACE, config)
-
-
-@export("tasks.evaluate_face")
-def evaluate(config: FaceEvalConfig, console: Console | None = None) -> dict[str, float]:
-    """Verification metrics of a weights file on LFW-style pairs; writes ``metrics.json``,
-    ``scores.json`` (per pair) and ``roc.png``."""
-    return runner.evaluate(FACE, config, console)
-
-
-@export("tasks.predict_face")
-def predict(config: FacePredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
-    """Embed the faces of ``config.source`` (:func:`sightkit.tasks.runner.predict`)."""
-    return runner.predict(FACE, config, console)
+#: This task's modes (``sightkit.tasks.face.train(config)``): the runner's, which read the task from the config.
+train, evaluate, predict = runner.train, runner.evaluate, runner.predict

@@ -23,26 +23,24 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from rich.console import Console
 from rich.progress import Progress
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
 from sightkit._api import export
-from sightkit.config import EvalConfig, PredictConfig, setting
+from sightkit.config import EvalConfig, PredictConfig, setting, with_defaults
 from sightkit.data.coco import CocoKeypoints
 from sightkit.data.collate import collate_detection
 from sightkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, detection_transforms
 from sightkit.engine.checkpoint import load_weights
-from sightkit.engine.trainer import TrainConfig
 from sightkit.eval.coco import CocoEvaluator
 from sightkit.losses.face_detection import FaceDetectionCriterion
 from sightkit.models.face_detector import FaceDetector, face_detector_postprocess
 from sightkit.predictor import Predictor, frame_results, image_tensor, pad_images
 from sightkit.results import Results
 from sightkit.tasks import runner
-from sightkit.tasks.common import build_model, dataset_files
+from sightkit.tasks.common import TaskConfig, build_model, dataset_files
 from sightkit.tasks.export import ExportSpec
 from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
@@ -51,39 +49,32 @@ TASK = "face_detect"
 
 @export("tasks.FaceDetectConfig")
 @dataclass
-class FaceDetectConfig(TrainConfig):
+@with_defaults(
+    model="face_detector_r18", data="runs/data/faces", out="runs/face_detect/train", epochs=30, batch=8, lr=1e-3,
+    best_metric="AP",
+)  # fmt: skip
+class FaceDetectConfig(TaskConfig):
     """Settings of ``sightkit train face_detect``: the engine's keys plus the detector's."""
 
-    model: str = setting("face_detector_r18", "face_detector_r18 or face_detector_tiny")
-    data: str = setting("runs/data/faces", "dataset folder: images/, annotations/*.json")
-    train_split: str = setting("train", "annotations/<train_split>.json for training")
-    val_split: str = setting("val", "annotations/<val_split>.json for evaluation ('' : none)")
     imgsz: int = setting(320, "shorter image side (the train recipe scales around it)")
     max_size: int = setting(512, "longest image side")
     score_threshold: float = setting(0.05, "lowest score kept at evaluation")
-    out: str = setting("runs/face_detect/train", "run folder (checkpoints, metrics, plots)")
-    epochs: int = setting(30, "passes over the training data (0: steps decides)")
-    batch: int = setting(8, "global batch of one optimiser step, all processes together")
-    lr: float = setting(1e-3, "base learning rate (AdamW)")
-    best_metric: str = setting("AP", "metric that picks best.pt")
-    best_mode: str = setting("max", "max or min: which way best_metric improves")
 
 
 @export("tasks.FaceDetectEvalConfig")
 @dataclass
+@with_defaults(data="runs/data/faces")
 class FaceDetectEvalConfig(EvalConfig):
     """Settings of ``sightkit eval face_detect``."""
 
-    data: str = setting("runs/data/faces", "dataset folder: images/, annotations/*.json")
     score_threshold: float = setting(0.05, "lowest score kept")
 
 
 @export("tasks.FaceDetectPredictConfig")
 @dataclass
+@with_defaults(out="runs/face_detect/predict")
 class FaceDetectPredictConfig(PredictConfig):
     """Settings of ``sightkit predict face_detect``."""
-
-    out: str = setting("runs/face_detect/predict", "folder for the pictures, predictions.jsonl and predictions.json")
 
 
 class FaceCollate:
@@ -293,20 +284,5 @@ class FaceDetectTask(Task):
 
 FACE_DETECT = register_task(FaceDetectTask())
 
-
-@export("tasks.train_face_detect")
-def train(config: FaceDetectConfig) -> dict[str, float]:
-    """Train a face detector as ``config`` says (:func:`sightkit.tasks.runner.train`)."""
-    return runner.train(FACE_DETECT, config)
-
-
-@export("tasks.evaluate_face_detect")
-def evaluate(config: FaceDetectEvalConfig, console: Console | None = None) -> dict[str, float]:
-    """COCO box AP of face detector weights on a split; writes ``metrics.json`` and prints the table."""
-    return runner.evaluate(FACE_DETECT, config, console)
-
-
-@export("tasks.predict_face_detect")
-def predict(config: FaceDetectPredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
-    """Faces and landmarks in ``config.source`` (:func:`sightkit.tasks.runner.predict`)."""
-    return runner.predict(FACE_DETECT, config, console)
+#: This task's modes (``sightkit.tasks.face_detect.train(config)``): the runner's, which read the task from the config.
+train, evaluate, predict = runner.train, runner.evaluate, runner.predict

@@ -41,11 +41,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from sightkit._api import export
-from sightkit.config import EvalConfig, PredictConfig, setting
+from sightkit.config import EvalConfig, PredictConfig, setting, with_defaults
 from sightkit.data.topdown import TopDownKeypoints, collate_topdown, warp_image
 from sightkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sightkit.engine.checkpoint import load_weights
-from sightkit.engine.trainer import TrainConfig
 from sightkit.eval.pose import PoseEvaluator
 from sightkit.losses.rle import FORMS, Q_DENSITIES, rle_loss
 from sightkit.models.pose import POSE_KINDS, pose_postprocess
@@ -61,7 +60,7 @@ from sightkit.ops.keypoints import (
 from sightkit.predictor import Predictor, frame_results
 from sightkit.results import Results
 from sightkit.tasks import runner
-from sightkit.tasks.common import build_model, dataset_files
+from sightkit.tasks.common import TaskConfig, build_model, dataset_files
 from sightkit.tasks.export import ExportSpec
 from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
@@ -72,15 +71,15 @@ KEYPOINT_SCORE_FLOOR = 0.2
 
 @export("tasks.PoseConfig")
 @dataclass
-class PoseConfig(TrainConfig):
+@with_defaults(
+    model="rle_r18_tiny", data="runs/data/people", out="runs/pose/train", epochs=50, batch=32, lr=1e-3,
+    warmup_steps=100, best_metric="AP",
+)  # fmt: skip
+class PoseConfig(TaskConfig):
     """Settings of ``sightkit train pose``: the engine's keys plus the pose ones. The defaults
     follow SimpleBaseline and RLE (Adam(W) at 1e-3, crops 256x192 padded by 1.25, scale
     +-30 %, rotation +-40 degrees with probability 0.6, flips), on a cosine schedule."""
 
-    model: str = setting("rle_r18_tiny", "rle_*, regress_* or heatmap_* (list_models('pose'))")
-    data: str = setting("runs/data/people", "dataset folder: images/, annotations/*.json")
-    train_split: str = setting("train", "annotations/<train_split>.json for training")
-    val_split: str = setting("val", "annotations/<val_split>.json for evaluation ('' : none)")
     input_size: tuple[int, ...] = setting((256, 192), "crop height and width, e.g. [256,192]")
     padding: float = setting(1.25, "person box enlargement before cropping")
     scale_jitter: float = setting(0.3, "training crop scale within 1 +- this")
@@ -93,22 +92,14 @@ class PoseConfig(TrainConfig):
     rle_q: str = setting("laplace", f"RLE base density: {', '.join(Q_DENSITIES)}")
     decode: str = setting("taylor", f"heatmap decoding: {', '.join(DECODE_METHODS)}")
     flip_test: bool = setting(True, "average with the flipped crop at evaluation")
-    out: str = setting("runs/pose/train", "run folder (checkpoints, metrics, plots)")
-    epochs: int = setting(50, "passes over the training people (0: steps decides)")
-    batch: int = setting(32, "global batch of one optimiser step, all processes together")
-    lr: float = setting(1e-3, "base learning rate (SimpleBaseline, RLE: Adam at 1e-3)")
-    warmup_steps: int = setting(100, "linear warm-up steps")
-    best_metric: str = setting("AP", "metric that picks best.pt")
-    best_mode: str = setting("max", "max or min: which way best_metric improves")
 
 
 @export("tasks.PoseEvalConfig")
 @dataclass
+@with_defaults(data="runs/data/people", batch=32)
 class PoseEvalConfig(EvalConfig):
-    """Settings of ``sightkit eval pose``."""
+    """Settings of ``sightkit eval pose`` (``batch``: people per forward pass)."""
 
-    data: str = setting("runs/data/people", "dataset folder: images/, annotations/*.json")
-    batch: int = setting(32, "people per forward pass")
     boxes: str = setting("", "COCO results JSON of person detections, as predict detect writes ('' : ground truth)")
     min_score: float = setting(0.0, "detections scoring lower are left out")
     oks_nms: float = setting(0.9, "OKS-NMS threshold with detector boxes (1: off)")
@@ -118,11 +109,10 @@ class PoseEvalConfig(EvalConfig):
 
 @export("tasks.PosePredictConfig")
 @dataclass
+@with_defaults(out="runs/pose/predict", conf=0.0)
 class PosePredictConfig(PredictConfig):
-    """Settings of ``sightkit predict pose``."""
+    """Settings of ``sightkit predict pose`` (``conf``: the lowest person score kept)."""
 
-    out: str = setting("runs/pose/predict", "folder for the pictures and predictions.jsonl")
-    conf: float = setting(0.0, "keep people scoring at least this")
     boxes: str = setting("", "COCO results JSON of person boxes, as predict detect writes ('' : see detector)")
     detector: str = setting("", "detection weights run first for the person boxes ('' : the whole image)")
     detector_conf: float = setting(0.5, "the detector's conf (with detector=)")
@@ -630,22 +620,5 @@ class PoseTask(Task):
 
 POSE = register_task(PoseTask())
 
-
-@export("tasks.train_pose")
-def train(config: PoseConfig) -> dict[str, float]:
-    """Train a pose model as ``config`` says (:func:`sightkit.tasks.runner.train`)."""
-    return runner.train(POSE, config)
-
-
-@export("tasks.evaluate_pose")
-def evaluate(config: PoseEvalConfig, console: Console | None = None) -> dict[str, float]:
-    """COCO keypoint AP/AR of a weights file on a dataset split (plus PCK and per-keypoint
-    errors with ground-truth boxes); writes ``metrics.json``, ``keypoints.json`` (COCO results),
-    ``per_keypoint.json`` and ``pr_curve.png``."""
-    return runner.evaluate(POSE, config, console)
-
-
-@export("tasks.predict_pose")
-def predict(config: PosePredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
-    """Keypoints of the people in ``config.source`` (:func:`sightkit.tasks.runner.predict`)."""
-    return runner.predict(POSE, config, console)
+#: This task's modes (``sightkit.tasks.pose.train(config)``): the runner's, which read the task from the config.
+train, evaluate, predict = runner.train, runner.evaluate, runner.predict

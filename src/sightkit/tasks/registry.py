@@ -38,6 +38,9 @@ BUILTIN: dict[str, str] = {
     "segment": "sightkit.tasks.segment",
 }
 
+#: The modes that run a task, and the attribute of :class:`Task` naming each one's config class.
+MODES = {"train": "train_config", "eval": "eval_config", "predict": "predict_config"}
+
 _TASKS: dict[str, Task] = {}
 
 
@@ -177,3 +180,18 @@ def task_of_metadata(metadata: Mapping[str, str], weights: str | Path) -> Task:
             f"{', '.join(list_tasks())}); use a file written by `sightkit train`"
         )
     return get_task(name)
+
+
+def task_of_config(config: Any, mode: str) -> Task:
+    """The task whose ``mode`` config (``train``, ``eval`` or ``predict``) ``config`` is.
+
+    Raises:
+        TypeError: ``config`` is no task's config for ``mode``.
+    """
+    for name in list_tasks():
+        task = get_task(name)
+        if type(config) is getattr(task, MODES[mode]):
+            return task
+    raise TypeError(
+        f"config must be the {mode} config of a task ({', '.join(list_tasks())}), got {type(config).__name__}"
+    )

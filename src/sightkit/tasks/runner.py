@@ -25,24 +25,27 @@ from rich.progress import Progress
 from rich.table import Table
 from torch.utils.data import DataLoader
 
+from sightkit._api import export
 from sightkit.engine.distributed import init_distributed
 from sightkit.engine.trainer import Trainer
 from sightkit.predictor import Predictor, resolve_device
 from sightkit.tasks.common import read_metadata
-from sightkit.tasks.registry import Task, get_task, metadata_task
+from sightkit.tasks.registry import Task, get_task, metadata_task, task_of_config
 
 #: Where ``predict`` writes its records, in ``out``.
 JSON_LINES, COCO_RESULTS = "predictions.jsonl", "predictions.json"
 
 
-def train(task: str | Task, config: Any) -> dict[str, float]:
-    """Train ``task`` as ``config`` (its ``train_config``) says; returns the last evaluation's metrics.
+@export("tasks.train")
+def train(config: Any, task: str | Task | None = None) -> dict[str, float]:
+    """Train as ``config`` (a task's ``train_config``: ``DetectConfig``, ...) says; returns the
+    last evaluation's metrics. ``task`` is the config's task unless given.
 
     Writes ``config.out`` as every engine run does: ``config.yaml``, ``metrics.jsonl``,
     checkpoints, ``last.safetensors`` / ``best.safetensors`` (with the metadata
     :func:`sightkit.load` reads) and ``curves.png``.
     """
-    task = get_task(task) if isinstance(task, str) else task
+    task = _task(task, config, "train")
     # Join the process group first (Partial FC reads its rank when it is built), then seed the
     # initialisation: the Trainer seeds every RNG only after the model exists.
     init_distributed(config.device)
@@ -62,6 +65,12 @@ def train(task: str | Task, config: Any) -> dict[str, float]:
         weights_metadata={"task": task.name, **parts.metadata},
     )
     return trainer.fit()
+
+
+def _task(task: str | Task | None, config: Any, mode: str) -> Task:
+    if task is None:
+        return task_of_config(config, mode)
+    return get_task(task) if isinstance(task, str) else task
 
 
 def load_for(task: Task, weights: str | Path, device: str | torch.device | None = None) -> Predictor:
@@ -85,10 +94,12 @@ def metrics_table(metrics: dict[str, float], title: str) -> Table:
     return table
 
 
-def evaluate(task: str | Task, config: Any, console: Console | None = None) -> dict[str, float]:
-    """Evaluate ``config.weights`` as ``task``'s eval plan says; writes ``metrics.json`` and the
-    task's files to ``config.out`` (default: ``eval_<split>`` next to the weights), prints the tables."""
-    task = get_task(task) if isinstance(task, str) else task
+@export("tasks.evaluate")
+def evaluate(config: Any, console: Console | None = None, task: str | Task | None = None) -> dict[str, float]:
+    """Evaluate ``config.weights`` (``config``: a task's ``eval_config``) as the task's eval plan
+    says; writes ``metrics.json`` and the task's files to ``config.out`` (default: ``eval_<split>``
+    next to the weights) and prints the tables."""
+    task = _task(task, config, "eval")
     console = console or Console()
     predictor = load_for(task, config.weights, config.device)
     plan = task.eval_plan(config, predictor)
@@ -143,13 +154,15 @@ class VideoWriters:
         return [self.out / f"{Path(path).stem}.mp4" for path in self.writers]
 
 
-def predict(task: str | Task, config: Any, console: Console | None = None) -> list[dict[str, Any]]:
-    """Predict on ``config.source`` with ``config.weights`` and write the records (module docstring).
+@export("tasks.predict")
+def predict(config: Any, console: Console | None = None, task: str | Task | None = None) -> list[dict[str, Any]]:
+    """Predict on ``config.source`` with ``config.weights`` (``config``: a task's ``predict_config``)
+    and write the records (module docstring).
 
     Unreadable files are reported and skipped (``on_error=skip``; a count at the end) or stop
     the run (``on_error=stop``). Returns each image's or frame's ``Results.to_dict()``.
     """
-    task = get_task(task) if isinstance(task, str) else task
+    task = _task(task, config, "predict")
     console = console or Console()
     if not config.source:
         raise ValueError("source= is required: an image, a folder, a glob, a video or an http(s) URL")

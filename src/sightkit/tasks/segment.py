@@ -37,11 +37,10 @@ from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
 from sightkit._api import export
-from sightkit.config import EvalConfig, PredictConfig, setting
+from sightkit.config import EvalConfig, PredictConfig, setting, with_defaults
 from sightkit.data.segmentation import SegmentationDataset, collate_segmentation, segmentation_transforms
 from sightkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sightkit.engine.checkpoint import load_weights
-from sightkit.engine.trainer import TrainConfig
 from sightkit.eval.segmentation import SegmentationEvaluator
 from sightkit.losses.segmentation import SegmentationLoss
 from sightkit.models.registry import create_model, list_models
@@ -50,6 +49,7 @@ from sightkit.nn.upsample import UPSAMPLE_MODES
 from sightkit.predictor import Predictor, frame_results, image_tensor, pad_images
 from sightkit.results import Results
 from sightkit.tasks import runner
+from sightkit.tasks.common import TaskConfig
 from sightkit.tasks.export import ExportSpec
 from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
@@ -58,44 +58,37 @@ TASK = "segment"
 
 @export("tasks.SegmentConfig")
 @dataclass
-class SegmentConfig(TrainConfig):
+@with_defaults(
+    model="unet_r18_tiny", data="runs/data/shapes", out="runs/segment/train", epochs=50, batch=8, lr=1e-3,
+    best_metric="mIoU",
+)  # fmt: skip
+class SegmentConfig(TaskConfig):
     """Settings of ``sightkit train segment``: the engine's keys plus the segmentation ones.
-    Defaults train from scratch (AdamW lr 1e-3, cosine schedule, backbone at the full rate)."""
+    Defaults train from scratch (AdamW lr 1e-3, cosine schedule, backbone at the full rate); the
+    data is a folder of either layout of :mod:`sightkit.data.segmentation`."""
 
-    model: str = setting("unet_r18_tiny", "model name: fcn_r18_tiny, fcn_r50, unet_r18_tiny, ...")
     upsample: str = setting("", f"upsampling mode ('' : the model's): {', '.join(UPSAMPLE_MODES)}")
-    data: str = setting("runs/data/shapes", "dataset folder: images/ and masks/ (module docs)")
-    train_split: str = setting("train", "split to train on")
-    val_split: str = setting("val", "split to evaluate on ('' : none)")
     imgsz: int = setting(256, "crop side in training; shorter image side in evaluation")
     max_size: int = setting(0, "longest image side in evaluation (0: no limit)")
     scale_min: float = setting(0.5, "smallest random scale of the shorter side (x imgsz)")
     scale_max: float = setting(2.0, "largest random scale of the shorter side (x imgsz)")
     dice_weight: float = setting(0.0, "weight of the Dice loss next to cross-entropy (0: off)")
     ignore_index: int = setting(255, "mask value of unlabelled pixels")
-    out: str = setting("runs/segment/train", "run folder (checkpoints, metrics, plots)")
-    epochs: int = setting(50, "passes over the training data (0: steps decides)")
-    batch: int = setting(8, "global batch of one optimiser step, all processes together")
-    lr: float = setting(1e-3, "base learning rate")
-    best_metric: str = setting("mIoU", "metric that picks best.pt")
-    best_mode: str = setting("max", "max or min: which way best_metric improves")
 
 
 @export("tasks.SegmentEvalConfig")
 @dataclass
+@with_defaults(data="runs/data/shapes")
 class SegmentEvalConfig(EvalConfig):
     """Settings of ``sightkit eval segment``."""
-
-    data: str = setting("runs/data/shapes", "dataset folder: images/ and masks/")
 
 
 @export("tasks.SegmentPredictConfig")
 @dataclass
+@with_defaults(out="runs/segment/predict", conf=0.0)
 class SegmentPredictConfig(PredictConfig):
-    """Settings of ``sightkit predict segment``."""
-
-    out: str = setting("runs/segment/predict", "folder for the pictures and predictions.jsonl (RLE masks)")
-    conf: float = setting(0.0, "pixels whose best class is less probable than this are background")
+    """Settings of ``sightkit predict segment`` (``conf``: pixels whose best class is less probable
+    than it are background)."""
 
 
 # --------------------------------------------------------------------------- data
@@ -360,22 +353,5 @@ class SegmentTask(Task):
 
 SEGMENT = register_task(SegmentTask())
 
-
-@export("tasks.train_segment")
-def train(config: SegmentConfig) -> dict[str, float]:
-    """Train a segmentation model as ``config`` says (:func:`sightkit.tasks.runner.train`)."""
-    return runner.train(SEGMENT, config)
-
-
-@export("tasks.evaluate_segment")
-def evaluate(config: SegmentEvalConfig, console: Console | None = None) -> dict[str, float]:
-    """mIoU, pixel accuracy and per-class IoU of a weights file on a dataset split; writes
-    ``metrics.json``, ``per_class.json`` and ``confusion.png``."""
-    return runner.evaluate(SEGMENT, config, console)
-
-
-@export("tasks.predict_segment")
-def predict(config: SegmentPredictConfig, console: Console | None = None) -> list[dict[str, Any]]:
-    """Segment ``config.source`` (:func:`sightkit.tasks.runner.predict`): pictures with the classes
-    blended in and ``predictions.jsonl`` (each class's mask as COCO RLE)."""
-    return runner.predict(SEGMENT, config, console)
+#: This task's modes (``sightkit.tasks.segment.train(config)``): the runner's, which read the task from the config.
+train, evaluate, predict = runner.train, runner.evaluate, runner.predict
