@@ -126,7 +126,9 @@ class RunLock:
         return self._handle is not None
 
     def __del__(self) -> None:
-        self.release()
+        # At interpreter shutdown module globals may already be gone; the OS releases the lock anyway.
+        with contextlib.suppress(Exception):
+            self.release()
 
 
 @export("engine.remove_stale_temporaries")
