@@ -28,6 +28,7 @@ LAZY_MODES: dict[str, tuple[str, str, str]] = {
     "demo": ("sightkit.cli.app", "register_demo", "Train a small detector on synthetic shapes and show it."),
     "face": ("sightkit.cli.face", "face_app", "Enrol people, identify and verify faces: enroll|identify|verify."),
     "serve": ("sightkit.cli.serve", "register", "Serve a model over HTTP: sightkit serve weights=best.safetensors."),
+    "weights": ("sightkit.cli.weights", "weights_app", "Import public checkpoints: weights import SOURCE out=F, list."),
 }
 
 
