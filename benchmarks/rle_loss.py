@@ -1,6 +1,6 @@
 """RLE loss, forward + backward: sightkit's ``rle_loss`` against the official code, written out.
 
-``python -m benchmarks rle_loss [--batches 32 256 1024] [--repeats 7] [--threads 1]``
+``python -m benchmarks rle_loss [--batches 32 256 1024] [--repeats 7] [--threads 1 2]``
 
 The peer: mmpose's ``RLELoss`` needs mmcv (compiled operators) and mmengine, which this
 project does not install; so the peer is a direct transcription of the official
@@ -12,7 +12,8 @@ so the two compute the same number.
 
 One step: the loss of ``B`` people x 17 keypoints (predictions and ``sigma`` require grad, as
 do the flow's parameters) and its backward. Time: median over ``--repeats`` after a warm-up,
-wall and process CPU time, on ``--threads`` intra-op threads. Agreement: the largest
+wall and process CPU time, at each of the ``--threads`` counts of intra-op threads (default 1
+and 2; figures in ``benchmarks/results/rle_loss.json``). Agreement: the largest
 relative difference of the loss and of the gradients of ``pred``, ``sigma`` and the flow.
 """
 
@@ -28,6 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary, ratio
 from sightkit.losses import rle_loss
 from sightkit.nn import RealNVP
 
@@ -134,27 +136,38 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks rle_loss", description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 256, 1024], help="people per step")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ours_flow = RealNVP(init_gain=1.0)  # far from the identity, so the flow's part of the work is real
     peer_flow = OfficialRealNVP()
     peer_flow.load_state_dict(ours_flow.state_dict())
-    print(f"RLE loss forward + backward, 17 keypoints, {args.threads} thread(s), {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-    header = f"{'people':>7} {'sightkit ms':>12} {'official ms':>12} {'ratio':>6} {'cpu ratio':>9}  agreement"
-    print(header)
-    for batch in args.batches:
-        data = inputs(batch)
-        ours = ours_flow, sightkit_loss
-        peer = peer_flow, official_loss
-        results = [run_once(loss, flow, *data) for flow, loss in (ours, peer)]
-        agreement = max(relative(a, b) for a, b in zip(*results, strict=True))
-        ours_wall, ours_cpu = timed(step(ours[1], ours[0], *data), args.repeats)
-        peer_wall, peer_cpu = timed(step(peer[1], peer[0], *data), args.repeats)
-        print(
-            f"{batch:>7} {ours_wall * 1e3:>12.3f} {peer_wall * 1e3:>12.3f} {peer_wall / ours_wall:>6.2f} "
-            f"{peer_cpu / max(ours_cpu, 1e-9):>9.2f}  max rel diff {agreement:.1e}"
-        )
+    print(f"RLE loss forward + backward, 17 keypoints, {os.cpu_count()} CPUs, median of {args.repeats}")
+    results, summary = Results("rle_loss", args), []
+    for threads in args.threads:
+        with results.at(threads) as entry:
+            header = f"{'people':>7} {'sightkit ms':>12} {'official ms':>12} {'ratio':>6} {'cpu ratio':>9}  agreement"
+            print(header)
+            for batch in args.batches:
+                data = inputs(batch)
+                ours = ours_flow, sightkit_loss
+                peer = peer_flow, official_loss
+                outputs = [run_once(loss, flow, *data) for flow, loss in (ours, peer)]
+                agreement = max(relative(a, b) for a, b in zip(*outputs, strict=True))
+                ours_wall, ours_cpu = timed(step(ours[1], ours[0], *data), args.repeats)
+                peer_wall, peer_cpu = timed(step(peer[1], peer[0], *data), args.repeats)
+                print(
+                    f"{batch:>7} {ours_wall * 1e3:>12.3f} {peer_wall * 1e3:>12.3f} {peer_wall / ours_wall:>6.2f} "
+                    f"{peer_cpu / max(ours_cpu, 1e-9):>9.2f}  max rel diff {agreement:.1e}"
+                )
+                summary.append((f"{batch} people", threads, ours_wall * 1e3, peer_wall * 1e3))
+                entry[f"{batch} people"] = {
+                    "ours_ms": round(ours_wall * 1e3, 3),
+                    "peer_ms": round(peer_wall * 1e3, 3),
+                    "ratio": ratio(peer_wall, ours_wall),
+                    "cpu_ratio": ratio(peer_cpu, ours_cpu),
+                    "max_relative_difference": agreement,
+                }
     print("ratio: official time / sightkit time (above 1: sightkit is faster)")
+    print_ratio_summary("RLE loss, forward + backward", summary)
+    results.write()

@@ -1,7 +1,7 @@
 """Soft-NMS: sightkit's ``soft_nms`` against the textbook one-box-at-a-time algorithm, and
 ``nms`` / ``diou_nms`` against ``torchvision.ops.nms``.
 
-``python -m benchmarks soft_nms [--boxes 5000] [--min-side 10] [--max-side 100] [--repeats 3] [--threads 1]``
+``python -m benchmarks soft_nms [--boxes 5000] [--min-side 10] [--max-side 100] [--repeats 7] [--threads 1 2]``
 
 Inputs: ``--boxes`` random boxes in a 1000 x 1000 image, sides uniform in
 [``--min-side``, ``--max-side``] pixels, uniform scores; float32 on the CPU. With the defaults
@@ -16,8 +16,9 @@ peer is one NumPy pass over the remaining boxes per selected box. Agreement: bot
 the same indices in the same order, and the rescored scores must match to float32 rounding.
 
 Time: the median over ``--repeats`` runs after one warm-up, as wall time and as process CPU
-time (steadier on a shared machine). ``--threads`` sets torch's intra-op threads (default 1:
-the NumPy peer runs on one core).
+time (steadier on a shared machine), at each of the ``--threads`` counts of torch intra-op
+threads (default 1 and 2; the NumPy peer runs on one core either way). The figures go to
+``benchmarks/results/soft_nms.json``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 import torchvision
 
+from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary, ratio
 from sightkit.ops import diou_nms, nms, soft_nms
 
 
@@ -113,30 +115,50 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--boxes", type=int, default=5000)
     parser.add_argument("--min-side", type=float, default=10.0)
     parser.add_argument("--max-side", type=float, default=100.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=7)
+    add_threads_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
 
     boxes, scores = random_boxes(args.boxes, args.min_side, args.max_side, args.seed)
     print(
         f"{args.boxes} boxes, sides in [{args.min_side:g}, {args.max_side:g}] px in 1000 x 1000, "
-        f"float32, {args.threads} thread(s), median of {args.repeats}"
+        f"float32, median of {args.repeats}"
     )
-    print(f"{'':<22} {'ours ms':>9} {'peer ms':>10} {'ratio':>8} {'ours cpu':>9} {'peer cpu':>10} {'ratio':>8}")
     np_boxes, np_scores = boxes.numpy(), scores.numpy()
-    for method in ("gaussian", "linear"):
-        kwargs = {"sigma": 0.5, "score_threshold": 0.001, "method": method, "iou_threshold": 0.3}
-        agreement = _agreement(soft_nms(boxes, scores, **kwargs), reference_soft_nms(np_boxes, np_scores, **kwargs))
-        ours = measure(lambda kwargs=kwargs: soft_nms(boxes, scores, **kwargs), args.repeats)
-        peer = measure(lambda kwargs=kwargs: reference_soft_nms(np_boxes, np_scores, **kwargs), args.repeats)
-        print(_row(f"soft_nms {method}", ours, peer, agreement))
+    results, summary = Results("soft_nms", args), []
+    for threads in args.threads:
+        with results.at(threads) as entry:
+            print(f"{'':<22} {'ours ms':>9} {'peer ms':>10} {'ratio':>8} {'ours cpu':>9} {'peer cpu':>10} {'ratio':>8}")
+            rows = {}
+            for method in ("gaussian", "linear"):
+                kwargs = {"sigma": 0.5, "score_threshold": 0.001, "method": method, "iou_threshold": 0.3}
+                agreement = _agreement(
+                    soft_nms(boxes, scores, **kwargs), reference_soft_nms(np_boxes, np_scores, **kwargs)
+                )
+                ours = measure(lambda kwargs=kwargs: soft_nms(boxes, scores, **kwargs), args.repeats)
+                peer = measure(lambda kwargs=kwargs: reference_soft_nms(np_boxes, np_scores, **kwargs), args.repeats)
+                rows[f"soft_nms {method}"] = (ours, peer, agreement)
 
-    print("reference: greedy NMS at IoU 0.5 against torchvision.ops.nms (C++)")
-    expected = torchvision.ops.nms(boxes, scores, 0.5)
-    ours = measure(lambda: nms(boxes, scores, 0.5), args.repeats)
-    peer = measure(lambda: torchvision.ops.nms(boxes, scores, 0.5), args.repeats)
-    print(_row("nms", ours, peer, f"same indices: {torch.equal(nms(boxes, scores, 0.5), expected)}"))
-    ours = measure(lambda: diou_nms(boxes, scores, 0.5), args.repeats)
-    print(_row("diou_nms (vs tv nms)", ours, peer, f"keeps {len(diou_nms(boxes, scores, 0.5))} (nms {len(expected)})"))
+            expected = torchvision.ops.nms(boxes, scores, 0.5)
+            peer = measure(lambda: torchvision.ops.nms(boxes, scores, 0.5), args.repeats)
+            ours = measure(lambda: nms(boxes, scores, 0.5), args.repeats)
+            rows["nms"] = (ours, peer, f"same indices: {torch.equal(nms(boxes, scores, 0.5), expected)}")
+            ours = measure(lambda: diou_nms(boxes, scores, 0.5), args.repeats)
+            kept = f"keeps {len(diou_nms(boxes, scores, 0.5))} (nms {len(expected)})"
+            rows["diou_nms (vs tv nms)"] = (ours, peer, kept)
+            for name, (ours, peer, agreement) in rows.items():
+                if name == "nms":
+                    print("reference: greedy NMS at IoU 0.5 against torchvision.ops.nms (C++)")
+                print(_row(name, ours, peer, agreement))
+                summary.append((name, threads, ours[0] * 1e3, peer[0] * 1e3))
+                entry[name] = {
+                    "ours_ms": round(ours[0] * 1e3, 3),
+                    "peer_ms": round(peer[0] * 1e3, 3),
+                    "ours_cpu_ms": round(ours[1] * 1e3, 3),
+                    "peer_cpu_ms": round(peer[1] * 1e3, 3),
+                    "ratio": ratio(peer[0], ours[0]),
+                    "agreement": agreement,
+                }
+    print_ratio_summary("Soft-NMS and NMS, wall time", sorted(summary, key=lambda row: row[0]))
+    results.write()

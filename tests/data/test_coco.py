@@ -187,6 +187,23 @@ def test_skip_mode_counts_bad_samples_and_collate_drops_them(coco_dir: Path) -> 
     assert dataset.skipped == 2
 
 
+def test_datasets_pass_max_pixels_to_read_image(coco_dir: Path) -> None:
+    # a.png is 20x30 = 600 pixels, b.png 10x12 = 120.
+    dataset = CocoDetection(coco_dir, coco_dir / "ann.json", max_pixels=599)
+    with pytest.raises(ImageReadError, match=r"a\.png'.*30x20 = 600 pixels, more than max_pixels=599"):
+        dataset[0]
+    assert tuple(dataset[1][0].shape) == (3, 10, 12)
+    skipping = CocoDetection(coco_dir, coco_dir / "ann.json", max_pixels=599, on_error="skip")
+    assert skipping[0] is None and skipping.skipped == 1
+
+
+def test_truncated_png_in_a_dataset_is_an_error_not_grey_pixels(coco_dir: Path) -> None:
+    data = (coco_dir / "a.png").read_bytes()
+    (coco_dir / "a.png").write_bytes(data[:-12])  # cut short, if only by its final IEND chunk
+    with pytest.raises(ImageReadError, match=r"a\.png'.*truncated PNG"):
+        CocoDetection(coco_dir, coco_dir / "ann.json")[0]
+
+
 def test_read_image_reads_bmp_and_gif(tmp_path: Path) -> None:
     pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     expected = torch.from_numpy(pixels).permute(2, 0, 1)

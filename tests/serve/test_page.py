@@ -88,17 +88,28 @@ def test_upload_draws_the_boxes_and_fills_the_table(
     assert [float(c) for c in cells[3].split(",")] == pytest.approx(expected["box"], abs=0.051)
     assert "1 detection in shapes.png (160 x 120)" in browser.find_element(By.ID, "status").text
 
-    # The canvas shows the image at its size, with the box's left edge in the class's colour.
+    # The picture is drawn as wide as the section (at most 80% of the window's height): a 160 x 120
+    # image is enlarged, and the box's left edge is in the class's colour at the scaled position.
+    room, window_height, shown_width, shown_height, ratio = browser.execute_script(
+        "const box = document.getElementById('canvas').getBoundingClientRect();"
+        "return [document.getElementById('detect-section').clientWidth, window.innerHeight,"
+        " box.width, box.height, window.devicePixelRatio || 1];"
+    )
+    scale = min(room / 160, 0.8 * window_height / 120)
+    assert scale > 2
+    assert shown_width == pytest.approx(160 * scale, abs=1) and shown_height == pytest.approx(120 * scale, abs=1)
     x1, y1, _, y2 = expected["box"]
+    # The stroke is 3 CSS pixels wide around the edge: the device pixel left of the edge's is wholly inside it.
     width, height, pixel = browser.execute_script(
         "const c = document.getElementById('canvas');"
         "const p = c.getContext('2d').getImageData(arguments[0], arguments[1], 1, 1).data;"
         "return [c.width, c.height, [p[0], p[1], p[2]]];",
-        round(x1),
-        round((y1 + y2) / 2),
+        round(x1 * shown_width / 160 * ratio) - 1,
+        round((y1 + y2) / 2 * shown_height / 120 * ratio),
     )
-    assert (width, height) == (160, 120)
+    assert (width, height) == (round(shown_width * ratio), round(shown_height * ratio))
     assert tuple(pixel) == PALETTE[["circle", "square", "triangle"].index(expected["label"])]
+    assert browser.find_element(By.ID, "legend").text == f"{expected['label']} × 1"
     browser.save_screenshot(str(tmp_path / "page.png"))
 
 

@@ -41,11 +41,11 @@ def test_collate_normalises_boxes_by_the_unpadded_size() -> None:
 
 
 def test_dataset_files_name_what_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="is not a folder; make one with `sightkit data synth"):
+    with pytest.raises(FileNotFoundError, match="does not exist; make a dataset with `sightkit data synth"):
         dataset_files(tmp_path / "nothing", "train")
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "train.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=r"split 'val'.*annotations found: \['train.json'\]"):
+    with pytest.raises(FileNotFoundError, match=r"split 'val'.*splits: \['train'\]"):
         dataset_files(tmp_path, "val")
 
 
@@ -113,7 +113,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     runner = CliRunner()
     for args, message in (
         (["train", "detect", "epohcs=3"], "did you mean 'epochs'"),
-        (["train", "detect", f"data={tmp_path / 'none'}"], "is not a folder"),
+        (["train", "detect", f"data={tmp_path / 'none'}"], "does not exist"),
         (["eval", "detect", f"weights={tmp_path / 'w.safetensors'}"], "does not exist"),
         (["train", "segmentt"], "TASK must be one of"),
         (["export", "onnx"], "weights= is required"),

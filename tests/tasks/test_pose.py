@@ -201,7 +201,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     """In-process (the subprocess path is the detection task's test and the one above)."""
     runner = CliRunner()
     result = runner.invoke(app, ["train", "pose", "model=detr_r18_tiny", f"data={tmp_path}"])
-    assert result.exit_code == 2 and "no annotations for split 'train'" in result.stderr
+    assert result.exit_code == 2 and "is not a dataset folder" in result.stderr
     result = runner.invoke(app, ["train", "pose", "input_sise=[64,48]"])
     assert result.exit_code == 2 and "did you mean 'input_size'" in result.stderr
     result = runner.invoke(app, ["eval", "pose", f"weights={tmp_path / 'none.safetensors'}"])

@@ -364,6 +364,8 @@ class CocoDetection(Dataset):
         on_error: ``"raise"`` (default) raises :class:`ImageReadError` naming the path of a
             missing, corrupt or wrongly sized image; ``"skip"`` logs it, counts it in
             ``skipped`` and returns ``None``, which :func:`collate_detection` drops and counts.
+        max_pixels: images of more pixels are refused (see :func:`read_image`; ``None``:
+            Pillow's limit, 0: none).
 
     See the module docstring for the sample format.
     """
@@ -377,6 +379,7 @@ class CocoDetection(Dataset):
         masks: bool = False,
         include_crowd: bool = False,
         on_error: str = "raise",
+        max_pixels: int | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -386,6 +389,7 @@ class CocoDetection(Dataset):
         self.masks = masks
         self.include_crowd = include_crowd
         self.on_error = on_error
+        self.max_pixels = max_pixels
         self.skipped = 0
         data = _load_json(self.annotation_file)
         self.categories: list[dict[str, Any]] = sorted(data["categories"], key=lambda c: c["id"])
@@ -480,7 +484,7 @@ class CocoDetection(Dataset):
         record = self.records[index]
         path = self.image_path(index)
         try:
-            image = read_image(path)
+            image = read_image(path, max_pixels=self.max_pixels)
             if tuple(image.shape[-2:]) != (record.height, record.width):
                 raise ImageReadError(
                     path,
@@ -557,9 +561,18 @@ class CocoKeypoints(CocoDetection):
         include_crowd: bool = False,
         on_error: str = "raise",
         min_keypoints: int = 0,
+        max_pixels: int | None = None,
     ) -> None:
         self.min_keypoints = min_keypoints
-        super().__init__(images, annotations, transforms, masks=masks, include_crowd=include_crowd, on_error=on_error)
+        super().__init__(
+            images,
+            annotations,
+            transforms,
+            masks=masks,
+            include_crowd=include_crowd,
+            on_error=on_error,
+            max_pixels=max_pixels,
+        )
 
     def _read_categories(self, categories: list[dict[str, Any]]) -> None:
         with_keypoints = [c for c in categories if c.get("keypoints")]

@@ -54,28 +54,49 @@ async function loadModel() {
   }
 }
 
-function drawImage(bitmap) {
-  const canvas = $("canvas");
-  canvas.width = bitmap.width;
-  canvas.height = bitmap.height;
-  const context = canvas.getContext("2d");
-  context.drawImage(bitmap, 0, 0);
-  return context;
+// What the canvas shows, kept so that a resized window draws it again at the new width.
+let shown = null;
+let drawnForWidth = 0;  // the section's width when it was drawn
+
+// The picture fills the section's width (small images are enlarged, large ones reduced) but
+// stays within 80% of the window's height, so that a tall image does not push the table away.
+function fitScale(width, height) {
+  const room = $("detect-section").clientWidth;
+  return Math.min(room / width, (0.8 * window.innerHeight) / height);
 }
 
-function drawBoxes(context, detections) {
-  const side = Math.max(context.canvas.width, context.canvas.height);
-  const line = Math.max(2, Math.round(side / 250));
-  context.font = `${Math.max(12, Math.round(side / 40))}px sans-serif`;
+// Draws the image scaled to fit and returns the context with the image-to-canvas scale factors.
+// The canvas holds device pixels (sharp on high-density screens); drawing is in CSS pixels.
+function drawImage(bitmap) {
+  const canvas = $("canvas");
+  const scale = fitScale(bitmap.width, bitmap.height);
+  const width = Math.max(1, Math.round(bitmap.width * scale));
+  const height = Math.max(1, Math.round(bitmap.height * scale));
+  const ratio = window.devicePixelRatio || 1;
+  canvas.width = Math.round(width * ratio);
+  canvas.height = Math.round(height * ratio);
+  canvas.style.width = `${width}px`;
+  canvas.style.height = `${height}px`;
+  const context = canvas.getContext("2d");
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.imageSmoothingQuality = "high";
+  context.drawImage(bitmap, 0, 0, width, height);
+  return { context, sx: width / bitmap.width, sy: height / bitmap.height };
+}
+
+// Boxes arrive in the image's pixels; sx and sy take them to the canvas's CSS pixels. Lines and
+// labels have a fixed on-screen size, whatever the image's size.
+function drawBoxes({ context, sx, sy }, detections) {
+  context.font = "14px sans-serif";
   context.textBaseline = "top";
+  context.lineWidth = 3;
+  const height = 18;
   for (const d of detections) {
-    const [x1, y1, x2, y2] = d.box;
+    const [x1, y1, x2, y2] = [d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy];
     const colour = colourOf(d.label);
-    context.lineWidth = line;
     context.strokeStyle = colour;
     context.strokeRect(x1, y1, x2 - x1, y2 - y1);
     const text = `${d.label} ${d.score.toFixed(2)}`;
-    const height = parseInt(context.font, 10) + 4;
     const top = y1 - height >= 0 ? y1 - height : y1;
     context.fillStyle = colour;
     context.fillRect(x1, top, context.measureText(text).width + 6, height);
@@ -83,6 +104,39 @@ function drawBoxes(context, detections) {
     context.fillText(text, x1 + 3, top + 2);
   }
 }
+
+// One entry per class found: its colour, its name and how many boxes it has, in the model's class order.
+function fillLegend(detections) {
+  const legend = $("legend");
+  const counts = new Map();
+  for (const d of detections) counts.set(d.label, (counts.get(d.label) || 0) + 1);
+  const order = (label) => (classes.includes(label) ? classes.indexOf(label) : classes.length);
+  const labels = [...counts.keys()].sort((a, b) => order(a) - order(b) || a.localeCompare(b));
+  legend.replaceChildren(
+    ...labels.map((label) => {
+      const item = document.createElement("span");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = colourOf(label);
+      item.append(swatch, `${label} × ${counts.get(label)}`);
+      return item;
+    }),
+  );
+  legend.hidden = labels.length === 0;
+}
+
+function show(bitmap, detections) {
+  shown = { bitmap, detections };
+  drawnForWidth = $("detect-section").clientWidth;
+  const drawn = drawImage(bitmap);
+  if (detections) drawBoxes(drawn, detections);
+}
+
+// A new width (a resized window, a scroll bar that appears) draws the picture again to fit it.
+new ResizeObserver(() => {
+  const width = $("detect-section").clientWidth;
+  if (shown && width !== drawnForWidth) show(shown.bitmap, shown.detections);
+}).observe($("detect-section"));
 
 function fillTable(detections) {
   const body = $("detections").querySelector("tbody");
@@ -123,13 +177,15 @@ async function detect(file) {
     const answer = await call(`/v1/predict?conf=${encodeURIComponent(conf)}`, { method: "POST", body: form });
     const bitmap = await createImageBitmap(file);
     const result = answer.results[0];
-    const context = drawImage(bitmap);
     const size = `${result.image} (${result.width} x ${result.height})`;
     if (result.classes) {  // a segmenter: how much of the image each class covers
+      show(bitmap, null);
+      $("legend").hidden = true;
       fillClasses(result.classes);
       say(status, `segmented ${size}`);
     } else {
-      drawBoxes(context, result.detections);
+      show(bitmap, result.detections);
+      fillLegend(result.detections);
       fillTable(result.detections);
       const count = result.detections.length;
       say(status, `${count} detection${count === 1 ? "" : "s"} in ${size}`);
@@ -137,6 +193,7 @@ async function detect(file) {
   } catch (error) {
     $("detections").hidden = true;
     $("classes").hidden = true;
+    $("legend").hidden = true;
     say(status, error.message, true);
   }
 }
