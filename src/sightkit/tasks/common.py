@@ -4,8 +4,8 @@ weights file."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -32,6 +32,12 @@ class TaskConfig(TrainConfig):
     data: str = setting("", "dataset folder")
     train_split: str = setting("train", "split to train on")
     val_split: str = setting("val", "split to evaluate on during training ('' : none)")
+    backbone_weights: str = setting(
+        "default",
+        "ImageNet weights of the ResNet backbone: default (the preset's paper weights: torchvision:resnet50 "
+        "for the *_r50 presets, none for *_tiny), none, or a source (torchvision:resnet18, timm:NAME, "
+        "a .pth/.safetensors file, hf:ORG/NAME/FILE)",
+    )
 
 
 def build_model(task: str, name: str, **overrides: Any) -> nn.Module:

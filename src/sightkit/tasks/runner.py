@@ -26,7 +26,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from sightkit._api import export
-from sightkit.engine.distributed import init_distributed
+from sightkit.engine.distributed import init_distributed, is_main_process
 from sightkit.engine.trainer import Trainer
 from sightkit.predictor import Predictor, resolve_device
 from sightkit.tasks.common import read_metadata
@@ -51,6 +51,8 @@ def train(config: Any, task: str | Task | None = None) -> dict[str, float]:
     init_distributed(config.device)
     torch.manual_seed(config.seed)
     parts = task.training_parts(config)
+    if not config.resume:  # a resumed run's checkpoint holds its weights
+        start_backbone(parts.model, config)
     if parts.evaluate is None and config.best_metric != "val_loss":
         config.best_metric, config.best_mode = "val_loss", "min"
     trainer = Trainer(
@@ -67,6 +69,22 @@ def train(config: Any, task: str | Task | None = None) -> dict[str, float]:
     return trainer.fit()
 
 
+def start_backbone(model: torch.nn.Module, config: Any) -> None:
+    """``backbone_weights=`` of a training config: load ImageNet weights into ``model``'s ResNet
+    backbone (``default``: the preset's paper weights, :func:`sightkit.weights.default_backbone_weights`;
+    ``none``: from scratch; else a weight source). Every rank loads the same file, before DDP."""
+    from sightkit.weights import default_backbone_weights, load_backbone_weights
+    from sightkit.weights.backbone import NONE_VALUES
+
+    setting = getattr(config, "backbone_weights", "none")
+    source = default_backbone_weights(config.model) if setting == "default" else setting
+    if source in NONE_VALUES:
+        return
+    report = load_backbone_weights(model, source)
+    if is_main_process():
+        Console(stderr=True).print(f"backbone: {report['loaded']} tensors from {source}", soft_wrap=True, markup=False)
+
+
 def _task(task: str | Task | None, config: Any, mode: str) -> Task:
     if task is None:
         return task_of_config(config, mode)
@@ -75,6 +93,10 @@ def _task(task: str | Task | None, config: Any, mode: str) -> Task:
 
 def load_for(task: Task, weights: str | Path, device: str | torch.device | None = None) -> Predictor:
     """:func:`sightkit.load` for weights of ``task`` (a clear error for any other file)."""
+    if Path(weights).suffix == ".onnx":
+        from sightkit.tasks.onnx_predictor import load_onnx
+
+        return load_onnx(weights, device, task)
     metadata = read_metadata(weights)
     if metadata_task(metadata) != task.name or "model" not in metadata:
         raise ValueError(
