@@ -313,3 +313,22 @@ def test_weights_list_names_every_family() -> None:
     for text in ("hf:facebook/detr-resnet-50", "detr-r50-e632da11.pth", "torchvision:resnet50.IMAGENET1K_V1",
                  "insightface", "rle/regressflow", "dino/idea", "Apache-2.0"):  # fmt: skip
         assert text in result.output
+
+
+def test_as_weights_file_imports_a_source_once_into_the_cache(
+    peer: tuple[torch.nn.Module, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sightkit.weights import as_weights_file, is_weights_file
+
+    model, folder = peer
+    hf_cache(tmp_path / "hf", "facebook/detr-resnet-50", {n: folder / n for n in ("config.json", "model.safetensors")})
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SIGHTKIT_CACHE", str(tmp_path / "cache"))
+    first = as_weights_file("hf:facebook/detr-resnet-50")
+    assert first.parent == tmp_path / "cache" / "weights" and is_weights_file(first)
+    written = first.stat().st_mtime_ns
+    assert as_weights_file("hf:facebook/detr-resnet-50") == first and first.stat().st_mtime_ns == written
+    assert as_weights_file(first) == first  # a sightkit weights file is used as it is
+    assert not is_weights_file(folder / "model.safetensors")  # transformers' file has no task
+    compare(build(convert(fetch(str(first)))), model)

@@ -9,7 +9,9 @@ layout from its keys, converts it and checks it strictly against the model it na
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,7 +21,7 @@ from torch import Tensor, nn
 
 from sightkit.weights import detr, dino, insightface, rle
 from sightkit.weights.layout import Converted, fit_state_dict
-from sightkit.weights.sources import Fetched, fetch
+from sightkit.weights.sources import SCHEMES, Fetched, fetch
 
 #: (recognise(state), convert(fetched)) per foreign layout, tried in order.
 _LAYOUTS: tuple[tuple[Callable[[Mapping[str, Tensor]], bool], Callable[[Fetched], Converted]], ...] = (
@@ -143,3 +145,45 @@ def import_weights(source: str, out: str | Path, model: str = "", **metadata: st
         "seconds": time.perf_counter() - start,
         "out": str(path),
     }
+
+
+def is_weights_file(source: str | Path) -> bool:
+    """Whether ``source`` is a local sightkit weights file (a ``.safetensors`` whose metadata names a task)."""
+    path = Path(source)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return "task" in (handle.metadata() or {})
+    except Exception:  # a damaged or foreign file: not one of ours
+        return False
+
+
+def as_weights_file(source: str | Path) -> Path:
+    """A sightkit weights file for ``source``: the file itself when it is one, else the source
+    imported once into ``$SIGHTKIT_CACHE/weights`` (see :func:`sightkit.data.cache_dir`) and
+    reused while the source is unchanged. ``sightkit.load(SOURCE)`` goes through it, so that
+    ``sightkit.load("hf:facebook/detr-resnet-50")`` works like a weights file.
+
+    Raises:
+        See :func:`import_weights`.
+    """
+    if is_weights_file(source):
+        return Path(source)
+    from sightkit.data.formats import cache_dir
+
+    key = str(source)
+    path = Path(source).expanduser()
+    if not str(source).startswith(SCHEMES) and path.exists():
+        # A local checkpoint: a new file at the same path is a new import.
+        stat = path.stat()
+        key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(source)).strip("_")[-80:]
+    out = cache_dir() / "weights" / f"{name}-{digest}.safetensors"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        import_weights(str(source), out)
+    return out
