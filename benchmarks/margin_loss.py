@@ -1,7 +1,9 @@
 """Margin-softmax classifier, forward + backward, at 100k identities: sightkit's PartialFC
 against a direct transcription of insightface's ``CombinedMarginLoss``.
 
-``python -m benchmarks margin_loss [--classes 100000] [--batch 128] [--dim 512] [--repeats 3] [--threads 1]``
+``python -m benchmarks margin_loss [--classes 100000] [--batch 128] [--dim 512] [--repeats 3] [--threads 1 2]``
+
+At each ``--threads`` count (default 1 and 2); figures in ``benchmarks/results/margin_loss.json``.
 
 One step, both sides: normalise the ``[B, D]`` embeddings and the ``[C, D]`` class centres,
 cosines ``[B, C]``, the margin on the target logits, scale, softmax cross-entropy (mean),
@@ -19,13 +21,13 @@ estimate), sightkit differentiates ``cos(θ + m)``.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary, ratio
 from benchmarks._timing import median_time
 from sightkit.losses import PartialFC
 
@@ -73,57 +75,69 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    print(
-        f"B={args.batch} D={args.dim} C={args.classes}, {args.threads} thread(s), CPU count {os.cpu_count()}, "
-        f"load average {load:.1f}"
-    )
+    print(f"B={args.batch} D={args.dim} C={args.classes}, CPU count {os.cpu_count()}, median of {args.repeats}")
     g = torch.Generator().manual_seed(0)
     embeddings = torch.randn(args.batch, args.dim, generator=g)
     centres = torch.randn(args.classes, args.dim, generator=g) * 0.01
     labels = torch.randint(0, args.classes, (args.batch,), generator=g)
-    for name, (m2, m3) in {"arcface": (0.5, 0.0), "cosface": (0.0, 0.4)}.items():
-        margin = InsightfaceCombinedMarginLoss(64.0, 1.0, m2, m3)
-        peer_e, peer_w = embeddings.clone().requires_grad_(), centres.clone().requires_grad_()
-        ours_e = embeddings.clone().requires_grad_()
-        head = PartialFC(args.dim, args.classes, 1.0, 64.0, 1.0, m2, m3)
-        sampled = PartialFC(args.dim, args.classes, 0.1, 64.0, 1.0, m2, m3, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            head.weight.copy_(centres)
-            sampled.weight.copy_(centres)
+    results, summary = Results("margin_loss", args), []
+    for threads in args.threads:
+        with results.at(threads) as entry:
+            for name, (m2, m3) in {"arcface": (0.5, 0.0), "cosface": (0.0, 0.4)}.items():
+                margin = InsightfaceCombinedMarginLoss(64.0, 1.0, m2, m3)
+                peer_e, peer_w = embeddings.clone().requires_grad_(), centres.clone().requires_grad_()
+                ours_e = embeddings.clone().requires_grad_()
+                head = PartialFC(args.dim, args.classes, 1.0, 64.0, 1.0, m2, m3)
+                sampled = PartialFC(
+                    args.dim, args.classes, 0.1, 64.0, 1.0, m2, m3, generator=torch.Generator().manual_seed(1)
+                )
+                with torch.no_grad():
+                    head.weight.copy_(centres)
+                    sampled.weight.copy_(centres)
 
-        def run_peer(peer_e: Tensor = peer_e, peer_w: Tensor = peer_w, margin=margin) -> Tensor:
-            peer_e.grad = peer_w.grad = None
-            return peer_step(peer_e, peer_w, labels, margin)
+                def run_peer(peer_e: Tensor = peer_e, peer_w: Tensor = peer_w, margin=margin) -> Tensor:
+                    peer_e.grad = peer_w.grad = None
+                    return peer_step(peer_e, peer_w, labels, margin)
 
-        def run_ours(module: PartialFC, ours_e: Tensor = ours_e) -> Tensor:
-            ours_e.grad = module.weight.grad = None
-            loss = module(ours_e, labels)
-            loss.backward()
-            return loss
+                def run_ours(module: PartialFC, ours_e: Tensor = ours_e) -> Tensor:
+                    ours_e.grad = module.weight.grad = None
+                    loss = module(ours_e, labels)
+                    loss.backward()
+                    return loss
 
-        peer_time = median_time(run_peer, repeats=args.repeats)
-        ours_time = median_time(lambda head=head: run_ours(head), repeats=args.repeats)
-        sampled_time = median_time(lambda sampled=sampled: run_ours(sampled), repeats=args.repeats)
-        peer_loss, ours_loss = run_peer(), run_ours(head)
+                peer_time = median_time(run_peer, repeats=args.repeats)
+                ours_time = median_time(lambda head=head: run_ours(head), repeats=args.repeats)
+                sampled_time = median_time(lambda sampled=sampled: run_ours(sampled), repeats=args.repeats)
+                peer_loss, ours_loss = run_peer(), run_ours(head)
 
-        def gap(ours: Tensor, peer: Tensor) -> float:
-            return float((ours - peer).abs().max() / peer.abs().max())
+                def gap(ours: Tensor, peer: Tensor) -> float:
+                    return float((ours - peer).abs().max() / peer.abs().max())
 
-        print(
-            f"{name:8s} peer (insightface) {peer_time * 1e3:8.1f} ms   ours {ours_time * 1e3:8.1f} ms   "
-            f"ratio ours/peer {ours_time / peer_time:5.2f}   ours at sample_rate 0.1 {sampled_time * 1e3:7.1f} ms "
-            f"({sampled_time / peer_time:4.2f} x peer)"
-        )
-        print(
-            f"{'':8s} loss peer {peer_loss.item():.6f} ours {ours_loss.item():.6f} (|diff| "
-            f"{abs(peer_loss.item() - ours_loss.item()):.1e});  gradient gap: embeddings "
-            f"{gap(ours_e.grad, peer_e.grad):.1e}, centres {gap(head.weight.grad, peer_w.grad):.1e}"
-            + ("  (by design: insightface's ArcFace gradient is straight-through)" if name == "arcface" else "")
-        )
+                print(
+                    f"{name:8s} peer (insightface) {peer_time * 1e3:8.1f} ms   ours {ours_time * 1e3:8.1f} ms   "
+                    f"ratio ours/peer {ours_time / peer_time:5.2f}   "
+                    f"ours at sample_rate 0.1 {sampled_time * 1e3:7.1f} ms "
+                    f"({sampled_time / peer_time:4.2f} x peer)"
+                )
+                print(
+                    f"{'':8s} loss peer {peer_loss.item():.6f} ours {ours_loss.item():.6f} (|diff| "
+                    f"{abs(peer_loss.item() - ours_loss.item()):.1e});  gradient gap: embeddings "
+                    f"{gap(ours_e.grad, peer_e.grad):.1e}, centres {gap(head.weight.grad, peer_w.grad):.1e}"
+                    + ("  (by design: insightface's ArcFace gradient is straight-through)" if name == "arcface" else "")
+                )
+                summary.append((name, threads, ours_time * 1e3, peer_time * 1e3))
+                summary.append((f"{name} sample_rate 0.1", threads, sampled_time * 1e3, peer_time * 1e3))
+                entry[name] = {
+                    "peer_ms": round(peer_time * 1e3, 2),
+                    "ours_ms": round(ours_time * 1e3, 2),
+                    "ours_sample_rate_0.1_ms": round(sampled_time * 1e3, 2),
+                    "ratio": ratio(peer_time, ours_time),
+                    "loss_difference": abs(peer_loss.item() - ours_loss.item()),
+                }
+    print_ratio_summary("margin-softmax classifier, forward + backward", sorted(summary, key=lambda row: row[0]))
+    results.write()
 
 
 if __name__ == "__main__":
