@@ -19,7 +19,8 @@ at the start. Before the first step every image file of the training and validat
 checked (``check_data``, :mod:`sightkit.data.preflight`): with ``on_error=stop`` a missing,
 unreadable, truncated or oversized one (``max_pixels``) stops the run with one line listing
 them; with ``on_error=skip`` they are left out, and an image that fails later is replaced by
-the next readable sample, logged and counted (``bad_samples`` in ``metrics.jsonl``). Under
+the next readable sample, logged and counted (``bad_samples`` in ``metrics.jsonl``: training
+samples left out by the check plus those replaced so far, over all ranks). Under
 ``torchrun`` a rank that stalls or dies ends every process after ``ddp_timeout`` seconds
 with one :class:`~sightkit.engine.DistributedError` line.
 
@@ -538,9 +539,10 @@ class Trainer:
             if not indices:
                 raise ValueError(f"check_data: none of the {len(found)} {name} samples has a usable image: {summary}")
             kept[name] = data if len(indices) == len(found) else _SubsetWithAttributes(data, indices)
+            if name == "training":
+                self.preflight_skipped = len(found) - len(indices)
             if self.context.is_main and len(indices) < len(found):
                 _note(f"on_error=skip: {len(found) - len(indices)} of {len(found)} {name} samples left out")
-        self.preflight_skipped = len(problems)
         if self.context.is_main:
             _note(f"on_error=skip: {summary}")
         return kept["training"], kept["validation"]
