@@ -203,10 +203,12 @@ def image_tensor(frame: Frame) -> Tensor:
 @export("sightkit.load")
 def load(weights: str | Path, device: str | torch.device | None = None) -> Predictor:
     """The :class:`Predictor` of a ``.safetensors`` weights file of any task (its metadata names
-    the task and rebuilds the model).
+    the task and rebuilds the model), or of an ``.onnx`` file that ``sightkit export onnx`` wrote
+    (run by onnxruntime with the same preprocessing, :mod:`sightkit.tasks.onnx_predictor`).
 
     Args:
-        weights: a file written by ``sightkit train`` (or ``sightkit weights import``).
+        weights: a file written by ``sightkit train`` (or ``sightkit weights import``), or an
+            exported ``.onnx`` file (detect, segment, pose).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:K"``; None: CUDA when available.
 
     Raises:
@@ -216,6 +218,10 @@ def load(weights: str | Path, device: str | torch.device | None = None) -> Predi
     from sightkit.tasks.common import read_metadata
     from sightkit.tasks.registry import task_of_metadata
 
+    if Path(weights).suffix == ".onnx":
+        from sightkit.tasks.onnx_predictor import load_onnx
+
+        return load_onnx(weights, device)
     metadata = read_metadata(weights)
     task = task_of_metadata(metadata, weights)
     return task.load(weights, metadata, resolve_device(device))

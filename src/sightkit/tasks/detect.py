@@ -289,24 +289,6 @@ class DetectPredictor(Predictor):
         return results
 
 
-@export("tasks.load_detector")
-def load_detector(weights: str | Path, device: torch.device | str = "cpu") -> DetectPredictor:
-    """:func:`sightkit.load` for detection weights (a clear error for other files)."""
-    return runner.load_for(DETECT, weights, device)
-
-
-class OnnxDetr(nn.Module):
-    """A DETR-family detector with only the final outputs (``pred_logits``, ``pred_boxes``), for export."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        outputs = self.model(images, mask)
-        return outputs["pred_logits"], outputs["pred_boxes"]
-
-
 # --------------------------------------------------------------------------- the task
 
 
@@ -362,22 +344,49 @@ class DetectTask(Task):
         return {"top_k": config.top_k}
 
     def export_spec(self, predictor: DetectPredictor, imgsz: int = 0) -> ExportSpec:
-        """The model reduced to its final outputs, example inputs ``images`` [1,3,S,S] (normalised)
-        and ``mask`` [1,S,S], dynamic batch, height and width. Deformable convolutions (VFNet)
-        need ONNX opset 19."""
+        """The model with its family's postprocess inside (:class:`~sightkit.models.DeployDetector`,
+        the predictor's ``top_k`` detections per image): ``images`` [B, 3, H, W] (normalised, any
+        batch and size; padded inside to a multiple of 32 with the mask) -> ``boxes`` [B, K, 4]
+        ``xyxy`` in the input's pixels, ``scores`` [B, K], ``labels`` [B, K] (-1: an empty slot).
+        Deformable convolutions (VFNet) need ONNX opset 19."""
+        from sightkit.models.deploy import DeployDetector
+        from sightkit.ops.multiclass_nms import ONNX_TRANSLATIONS
+
         side = imgsz or predictor.imgsz
-        batch, height, width = torch.export.Dim("batch", max=64), torch.export.Dim("height"), torch.export.Dim("width")
+        module = DeployDetector.for_model(predictor.model, top_k=predictor.options["top_k"])
+        # Dim.DYNAMIC rather than named Dims: the padding's size arithmetic defeats the named Dims' solver.
+        dynamic = torch.export.Dim.DYNAMIC
         return ExportSpec(
-            module=OnnxDetr(predictor.model),
+            module=module,
             name=predictor.name,
-            inputs={"images": torch.randn(1, 3, side, side), "mask": torch.zeros(1, side, side, dtype=torch.bool)},
-            output_names=["pred_logits", "pred_boxes"],
-            dynamic_shapes={"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}},
+            inputs={"images": torch.randn(2, 3, side, side)},  # 2: a batch of 1 would be specialised
+            output_names=["boxes", "scores", "labels"],
+            dynamic_shapes={"images": {0: dynamic, 2: dynamic, 3: dynamic}},
             min_opset=19 if any(isinstance(m, DeformConv2d) for m in predictor.model.modules()) else 18,
+            metadata={
+                "postprocess": module.kind,
+                "top_k": str(module.top_k),
+                "size_divisible": str(module.size_divisible),
+                "input": "images [B, 3, H, W] float RGB (pixels / 255 - mean) / std, resized: shorter side imgsz, "
+                "longer at most max_size",
+            },
+            translations=ONNX_TRANSLATIONS,
         )
+
+    def onnx_predictor(self, model: nn.Module, metadata: dict[str, str], device: Any) -> DetectPredictor:
+        from sightkit.tasks.onnx_predictor import OnnxDetectPredictor
+
+        return OnnxDetectPredictor(model, metadata, device)
 
 
 DETECT = register_task(DetectTask())
+
+
+@export("tasks.load_detector")
+def load_detector(weights: str | Path, device: torch.device | str = "cpu") -> DetectPredictor:
+    """:func:`sightkit.load` for detection weights (a clear error for other files)."""
+    return runner.load_for(DETECT, weights, device)
+
 
 #: This task's modes (``sightkit.tasks.detect.train(config)``): the runner's, which read the task from the config.
 train, evaluate, predict = runner.train, runner.evaluate, runner.predict

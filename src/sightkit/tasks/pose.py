@@ -600,6 +600,9 @@ class PoseTask(Task):
             "keypoint_conf": config.keypoint_conf,
         }  # fmt: skip
 
+    def onnx_predictor(self, model: nn.Module, metadata: dict[str, str], device: Any) -> PosePredictor:
+        return PosePredictor(model, metadata, device)
+
     def export_spec(self, predictor: PosePredictor, imgsz: int = 0) -> ExportSpec:
         """The model with its outputs as a tuple (``heatmaps``; ``coords``; or ``coords, sigma``),
         example crops ``images`` ``[2, 3, H, W]`` (``imgsz`` sets ``H`` and keeps the aspect

@@ -125,6 +125,12 @@ class Task:
         """The module, example inputs and dynamic axes ``sightkit export onnx`` traces."""
         raise NotImplementedError(f"task {self.name!r} cannot be exported")
 
+    def onnx_predictor(self, model: nn.Module, metadata: dict[str, str], device: Any) -> Predictor:
+        """The :class:`~sightkit.Predictor` around an ONNX file of this task that ``sightkit export
+        onnx`` wrote (``model``: its :class:`~sightkit.tasks.onnx_predictor.OnnxModel`; ``metadata``:
+        its ``metadata_props``)."""
+        raise ValueError(f"sightkit does not run exported {self.name} ONNX files; load the .safetensors weights")
+
     @property
     def exportable(self) -> bool:
         return type(self).export_spec is not Task.export_spec

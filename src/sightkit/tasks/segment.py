@@ -335,6 +335,9 @@ class SegmentTask(Task):
         collate = SegmentCollate(predictor.ignore_index)
         return EvalPlan(dataset, collate, evaluate, title, report, f"eval_{config.split}")
 
+    def onnx_predictor(self, model: nn.Module, metadata: dict[str, str], device: Any) -> SegmentPredictor:
+        return SegmentPredictor(model, metadata, device)
+
     def export_spec(self, predictor: SegmentPredictor, imgsz: int = 0) -> ExportSpec:
         """The model, an example ``images`` [1, 3, S, S] (normalised, ``S`` the size rounded up to
         a multiple of 32) and dynamic batch, height and width (multiples of 32); the output is
