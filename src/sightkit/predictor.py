@@ -83,6 +83,7 @@ class Predictor:
         self.metadata = dict(metadata)
         self.names: list[str] = []
         self.skipped: list[tuple[str, str]] = []
+        self._companions: dict[str, Predictor] = {}
 
     @property
     def name(self) -> str:
@@ -163,6 +164,18 @@ class Predictor:
                 yield from self.predict_frames(chunk, settings)
                 bar.advance(task, len(chunk))
 
+    def companion(self, value: Predictor | str | Path | None, task: str) -> Predictor | None:
+        """A predictor of ``task`` that this one runs first (pose: a detector; face: a face
+        detector): ``value`` itself, or the weights file it names loaded once on this device."""
+        if not isinstance(value, str | Path) or not str(value):
+            return value or None
+        if str(value) not in self._companions:
+            from sightkit.tasks.registry import get_task
+            from sightkit.tasks.runner import load_for
+
+            self._companions[str(value)] = load_for(get_task(task), value, self.device)
+        return self._companions[str(value)]
+
     def _skip(self, path: str, reason: str) -> None:
         self.skipped.append((path, reason))
 
@@ -200,6 +213,22 @@ def image_tensor(frame: Frame) -> Tensor:
     return torch.from_numpy(frame.image).permute(2, 0, 1)
 
 
+def weights_file(weights: str | Path) -> str | Path:
+    """A sightkit weights file for ``weights``: itself, or, for a weight source (``hf:ORG/NAME``,
+    ``torchvision:``, ``https://``, a foreign ``.pth``/``.pt``/``.bin`` checkpoint or a
+    ``save_pretrained`` folder), its conversion, imported once into sightkit's cache
+    (:func:`sightkit.weights.as_weights_file`)."""
+    from sightkit.weights.resolve import SCHEMES
+
+    path = Path(weights)
+    foreign = path.exists() and (path.is_dir() or path.suffix in (".pth", ".pt", ".bin"))
+    if str(weights).startswith(SCHEMES) or foreign:
+        from sightkit.weights import as_weights_file
+
+        return as_weights_file(str(weights))
+    return weights
+
+
 @export("sightkit.load")
 def load(weights: str | Path, device: str | torch.device | None = None) -> Predictor:
     """The :class:`Predictor` of a ``.safetensors`` weights file of any task (its metadata names
@@ -222,6 +251,7 @@ def load(weights: str | Path, device: str | torch.device | None = None) -> Predi
         from sightkit.tasks.onnx_predictor import load_onnx
 
         return load_onnx(weights, device)
+    weights = weights_file(weights)
     metadata = read_metadata(weights)
     task = task_of_metadata(metadata, weights)
     return task.load(weights, metadata, resolve_device(device))

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from sightkit._api import export
 from sightkit.engine.distributed import init_distributed, is_main_process
 from sightkit.engine.trainer import Trainer
-from sightkit.predictor import Predictor, resolve_device
+from sightkit.predictor import Predictor, resolve_device, weights_file
 from sightkit.tasks.common import read_metadata
 from sightkit.tasks.registry import Task, get_task, metadata_task, task_of_config
 
@@ -97,6 +97,7 @@ def load_for(task: Task, weights: str | Path, device: str | torch.device | None 
         from sightkit.tasks.onnx_predictor import load_onnx
 
         return load_onnx(weights, device, task)
+    weights = weights_file(weights)
     metadata = read_metadata(weights)
     if metadata_task(metadata) != task.name or "model" not in metadata:
         raise ValueError(
