@@ -65,13 +65,8 @@ def face_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def segment_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Random unet_r18_tiny weights with the metadata `sightkit train segment` writes (imgsz 64)."""
-    from sightkit.tasks.segment import SegmentConfig, build_model, weights_metadata
+    """Random unet_r18_tiny weights with the metadata `sightkit train segment` writes (imgsz 64,
+    classes background, a, b)."""
+    from tests.tasks.tiny import tiny_weights
 
-    torch.manual_seed(2)
-    config = SegmentConfig(model="unet_r18_tiny", imgsz=64)
-    classes = ["background", "circle", "square"]
-    model = build_model(config.model, len(classes), config.upsample)
-    path = tmp_path_factory.mktemp("weights") / "unet.safetensors"
-    save_weights(model, path, weights_metadata(config, model, classes))
-    return path
+    return tiny_weights("unet_r18_tiny", tmp_path_factory.mktemp("weights") / "unet.safetensors", seed=2)[1]

@@ -23,8 +23,10 @@ def test_identify_scores_each_identity_by_its_best_embedding(tmp_path: Path) -> 
     gallery = SQLiteGallery(tmp_path / "g.db", "toy", 3)
     assert gallery.enroll("alice", torch.tensor([[1.0, 0, 0], [1.0, 1.0, 0]])) == 2
     assert gallery.enroll("bob", torch.tensor([[0, 0, 2.0]])) == 1
-    names, vectors = gallery.entries()
-    assert names == ["alice", "alice", "bob"]
+    entries = gallery.entries()
+    names, vectors = entries.names, entries.vectors
+    assert names == ["alice", "alice", "bob"] and entries.identities == ["alice", "bob"]
+    assert entries.owner.tolist() == [0, 0, 1]
     half = 1 / math.sqrt(2)
     torch.testing.assert_close(vectors, torch.tensor([[1.0, 0, 0], [half, half, 0], [0, 0, 1.0]]))
     first, second = gallery.identify(torch.tensor([[1.0, 0, 0], [0, 1.0, 1.0]]), top_k=2)
@@ -124,6 +126,6 @@ def test_threads_and_a_killed_process_write_at_once_and_nothing_is_lost(tmp_path
     assert other.wait(timeout=60) == -9
     # The other process's rows are seen through data_version, without reopening.
     assert gallery.identities() == {"other": 30, "t0": 15, "t1": 15, "t2": 15, "t3": 15}
-    assert len(gallery.entries()[0]) == 90
+    assert len(gallery.entries().names) == 90
     gallery.close()
     assert SQLiteGallery(path, "toy", 4).identities() == {"other": 30, "t0": 15, "t1": 15, "t2": 15, "t3": 15}

@@ -72,9 +72,10 @@ def test_upload_draws_the_boxes_and_fills_the_table(
 
     image = tmp_path / "shapes.png"
     image.write_bytes(png(120, 160, 7))
-    (expected,) = httpx.post(f"{server_url}/v1/predict", files={"images": ("shapes.png", image.read_bytes())}).json()[
-        "results"
-    ][0]["detections"]
+    answer = httpx.post(f"{server_url}/v1/predict", files={"images": ("shapes.png", image.read_bytes())}).json()
+    (result,) = answer["results"]
+    (box,), (score,), (label,) = result["boxes"], result["scores"], result["names"]
+    expected = {"box": box, "score": score, "label": label}
 
     browser.get(server_url)
     WebDriverWait(browser, 30).until(lambda d: "detr_r18_tiny" in d.find_element(By.ID, "model").text)

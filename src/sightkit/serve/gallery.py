@@ -22,10 +22,12 @@ cached in memory and reread when the data changed, by this process or (seen thro
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import threading
 import time
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +55,90 @@ class GalleryMismatchError(ValueError):
     """The gallery file was written with another embedder or embedding size."""
 
 
+#: Unicode categories refused in names: control (Cc), format (Cf: zero-width and bidirectional
+#: marks that make two names look alike), surrogate, private-use and unassigned code points,
+#: and the line and paragraph separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
 def check_name(name: object) -> str:
-    """``name`` stripped; a ``ValueError`` for empty, over-long or control-character names."""
+    """``name`` stripped and in Unicode normal form NFC (so that "é" typed as one code point or
+    as "e" + a combining accent is one person); a ``ValueError`` for empty or over-long names
+    and for control, format (e.g. zero-width or right-to-left marks) and unassigned characters."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a string, got {type(name).__name__}")
-    stripped = name.strip()
-    if not stripped or len(stripped) > MAX_NAME_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in stripped):
+    stripped = unicodedata.normalize("NFC", name.strip())
+    refused = [c for c in stripped if unicodedata.category(c) in _REFUSED_CATEGORIES]
+    if not stripped or len(stripped) > MAX_NAME_LENGTH or refused:
+        why = f" (holds {', '.join(f'U+{ord(c):04X}' for c in refused[:3])})" if refused else ""
         raise ValueError(
-            f"name must be 1 to {MAX_NAME_LENGTH} printable characters, got {name[: MAX_NAME_LENGTH + 8]!r}"
+            f"name must be 1 to {MAX_NAME_LENGTH} printable characters{why}, got {name[: MAX_NAME_LENGTH + 8]!r}"
         )
     return stripped
+
+
+#: Bound on how far a score computed in float16 can be from the float32 score of unit vectors:
+#: rounding both inputs to float16 moves a cosine by at most ``2u`` and the float16 result by
+#: ``u`` more (``u = 2**-11``); float32 accumulation adds ``D * 2**-24``, below 1e-4 for D <= 1024.
+#: Four times the sum, so that every identity that can reach the top ``k`` is rescored exactly.
+COARSE_MARGIN = 4 * (3 * 2**-11 + 1e-4)
+
+
+@dataclass(frozen=True)
+class Entries:
+    """Every enrolled embedding, ready for search.
+
+    Attributes:
+        names: ``[G]`` the person of each embedding.
+        vectors: ``[G, D]`` float32, unit length.
+        identities: ``[I]`` the distinct names, sorted.
+        owner: ``[G]`` int64, the index in ``identities`` of each embedding's person.
+        coarse: ``[G, D]`` float16 copy of ``vectors``: half the bytes to stream per query, which
+            is what bounds a search over a large gallery on a CPU.
+    """
+
+    names: list[str]
+    vectors: Tensor
+    identities: list[str]
+    owner: Tensor
+    coarse: Tensor
+
+    @classmethod
+    def of(cls, names: list[str], vectors: Tensor) -> Entries:
+        identities = sorted(set(names))
+        position = {name: k for k, name in enumerate(identities)}  # a dict: linear, not identities.index per row
+        owner = torch.tensor([position[name] for name in names], dtype=torch.long)
+        return cls(names, vectors, identities, owner, vectors.half())
+
+    def best_per_identity(self, similarity: Tensor) -> Tensor:
+        """``[M, I]``: for each query row of ``similarity [M, G]``, each identity's best score."""
+        best = similarity.new_full((similarity.shape[0], len(self.identities)), -torch.inf)
+        return best.scatter_reduce_(1, self.owner.expand_as(similarity), similarity, reduce="amax")
+
+    def search(self, queries: Tensor, top_k: int) -> list[list[tuple[str, float]]]:
+        """For each unit query ``[M, D]``, the ``top_k`` identities by the cosine of their best
+        embedding with it, best first, with float32 scores.
+
+        One float16 matrix product scores every embedding (``O(G D)`` bytes streamed once per
+        query batch, no Python loop over the gallery); the identities within
+        :data:`COARSE_MARGIN` of the ``top_k``-th coarse score, a handful, are then rescored in
+        float32, so that the answer is the exact float32 one.
+        """
+        if not self.identities:
+            return [[] for _ in range(queries.shape[0])]
+        k = min(top_k, len(self.identities))
+        coarse = self.best_per_identity((queries.half() @ self.coarse.T).float())
+        floor = coarse.topk(k, dim=1).values[:, -1:] - COARSE_MARGIN
+        answers = []
+        for query, row, candidates in zip(queries, coarse, (coarse >= floor), strict=True):
+            rows = candidates[self.owner].nonzero().squeeze(1)
+            exact = row.new_full(row.shape, -torch.inf)
+            exact.scatter_reduce_(0, self.owner[rows], self.vectors[rows] @ query, reduce="amax")
+            scores, order = exact.topk(k)
+            answers.append(
+                [(self.identities[i], round(s, 6)) for s, i in zip(scores.tolist(), order.tolist(), strict=True)]
+            )
+        return answers
 
 
 class SQLiteGallery:
@@ -107,7 +183,7 @@ class SQLiteGallery:
                     f"dim={stored.get('dim')}, not of embedder={embedder!r} dim={dim}; embeddings of different "
                     "models cannot be compared: use another gallery file or the embedder that made it"
                 )
-        self._entries: tuple[list[str], Tensor] | None = None
+        self._entries: Entries | None = None
         self._data_version = -1
 
     # ------------------------------------------------------------------ writes
@@ -151,8 +227,8 @@ class SQLiteGallery:
             rows = self._db.execute("SELECT name, COUNT(*) FROM faces GROUP BY name ORDER BY name").fetchall()
         return {name: int(count) for name, count in rows}
 
-    def entries(self) -> tuple[list[str], Tensor]:
-        """The name of every enrolled embedding and the embeddings ``[G, D]`` (unit length)."""
+    def entries(self) -> Entries:
+        """Every enrolled embedding (cached; reread when this or another process changed the file)."""
         with self._lock:
             (version,) = self._db.execute("PRAGMA data_version").fetchone()
             if self._entries is None or version != self._data_version:
@@ -160,25 +236,22 @@ class SQLiteGallery:
                 self._data_version = version
             return self._entries
 
+    def embeddings_of(self, name: str) -> Tensor:
+        """The enrolled embeddings ``[N, D]`` of ``name`` (``N = 0`` when unknown)."""
+        name = check_name(name)
+        with self._lock:
+            rows = self._db.execute("SELECT embedding FROM faces WHERE name = ? ORDER BY id", (name,)).fetchall()
+        return self._vectors(blob for (blob,) in rows)
+
     def identify(self, embeddings: Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """For each query ``[M, D]``, the ``top_k`` identities by the cosine similarity of their
-        best enrolled embedding with the query, best first."""
+        best enrolled embedding with the query, best first (:meth:`Entries.search`)."""
         if not isinstance(embeddings, Tensor) or embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
             got = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
             raise ValueError(f"embeddings must have shape [M, {self.dim}], got {got}")
-        names, vectors = self.entries()
-        identities = sorted(set(names))
-        if not identities:
-            return [[] for _ in range(embeddings.shape[0])]
-        owner = torch.tensor([identities.index(name) for name in names])
-        similarity = F.normalize(embeddings.detach().float().cpu(), dim=1) @ vectors.T
-        best = similarity.new_full((similarity.shape[0], len(identities)), -math.inf)
-        best.scatter_reduce_(1, owner.expand_as(similarity), similarity, reduce="amax")
-        scores, order = best.topk(min(top_k, len(identities)), dim=1)
-        return [
-            [(identities[i], round(float(s), 6)) for s, i in zip(row_scores, row_order, strict=True)]
-            for row_scores, row_order in zip(scores.tolist(), order.tolist(), strict=True)
-        ]
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        return self.entries().search(F.normalize(embeddings.detach().float().cpu(), dim=1), top_k)
 
     def close(self) -> None:
         with self._lock:
@@ -186,11 +259,13 @@ class SQLiteGallery:
 
     # ------------------------------------------------------------------ internals
 
-    def _read_entries(self) -> tuple[list[str], Tensor]:
+    def _read_entries(self) -> Entries:
         rows = self._db.execute("SELECT name, embedding FROM faces ORDER BY id").fetchall()
-        joined = bytearray(b"".join(blob for _, blob in rows))  # writable, as torch.from_numpy wants
-        vectors = torch.from_numpy(np.frombuffer(joined, dtype="<f4").reshape(-1, self.dim))
-        return [name for name, _ in rows], vectors
+        return Entries.of([name for name, _ in rows], self._vectors(blob for _, blob in rows))
+
+    def _vectors(self, blobs: Iterable[bytes]) -> Tensor:
+        joined = bytearray(b"".join(blobs))  # writable, as torch.from_numpy wants
+        return torch.from_numpy(np.frombuffer(joined, dtype="<f4").reshape(-1, self.dim))
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from sightkit.serve.errors import ServeError
@@ -33,7 +33,9 @@ def describe_start(data: bytes) -> str:
     return head.hex(" ") or "nothing (empty)"
 
 
-def decode_image(data: bytes, name: str = "image", max_pixels: int = 40_000_000) -> Tensor:
+def decode_image(
+    data: bytes, name: str = "image", max_pixels: int = 40_000_000, max_aspect: float = float("inf")
+) -> Tensor:
     """Decode an uploaded image to uint8 ``[3, H, W]`` RGB (pixels as stored; EXIF orientation
     is ignored, as in :func:`sightkit.data.coco.read_image`).
 
@@ -53,7 +55,7 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = 40_000_000)
             picture = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     except Image.DecompressionBombError as error:
         raise ServeError(413, "too_many_pixels", f"{name}: {error}") from None
-    except (UnidentifiedImageError, OSError, ValueError):
+    except Exception:  # UnidentifiedImageError, or whatever a header parser hits on damaged bytes
         claimed = next((f for f, starts in SIGNATURES.items() if data.startswith(starts)), None)
         if claimed is not None:
             message = f"{name}: starts like a {ALLOWED_FORMATS[claimed]} image but its header is damaged"
@@ -69,13 +71,36 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = 40_000_000)
         raise ServeError(
             413, "too_many_pixels", f"{name}: {width} x {height} pixels is more than the limit of {max_pixels} pixels"
         )
+    if max(width, height) > max_aspect * min(width, height):
+        raise ServeError(
+            422,
+            "extreme_aspect",
+            f"{name}: {width} x {height} pixels; one side may be at most max_aspect={max_aspect:g} times the other",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             picture.load()
-            array = np.asarray(picture.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as error:
+            array = to_rgb(picture)
+    # Decoders of damaged data raise whatever their parsing hits (OSError, SyntaxError, struct.error,
+    # IndexError, ...): any failure here is the upload's, never the server's.
+    except Exception as error:
         raise ServeError(
-            400, "damaged_image", f"{name}: the {ALLOWED_FORMATS[picture.format]} image cannot be decoded ({error})"
+            400,
+            "damaged_image",
+            f"{name}: the {ALLOWED_FORMATS.get(picture.format or '', 'image')} image cannot be decoded "
+            f"({type(error).__name__}: {error})",
         ) from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def to_rgb(picture: Image.Image) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB of a decoded image in any mode.
+
+    Pillow's own conversion clips 16-bit grey ("I;16", "I") at 255, which turns a 16-bit PNG
+    into a white picture; those keep their top 8 bits, as Pillow does for 16-bit colour PNGs.
+    """
+    if picture.mode.startswith("I"):
+        grey = np.asarray(picture, dtype=np.int64).clip(0, 65535) >> 8
+        return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+    return np.array(picture.convert("RGB"))

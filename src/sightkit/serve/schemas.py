@@ -11,31 +11,42 @@ class ErrorBody(BaseModel):
     error: str = Field(description="a stable code for programs, e.g. unsupported_type, too_large, timeout")
 
 
-class Detection(BaseModel):
-    label: str = Field(description="class name")
-    category_id: int = Field(description="the class's id in the training annotations")
-    score: float = Field(description="class probability, rounded to 4 decimals")
-    box: list[float] = Field(min_length=4, max_length=4, description="xyxy in pixels of the uploaded image")
+class ClassMask(BaseModel):
+    label: int
+    name: str
+    size: list[int] = Field(description="[H, W]")
+    counts: str = Field(description="COCO's compressed RLE (pycocotools.mask.decode reads it)")
 
 
-class DetectionResult(BaseModel):
+class MaskPng(BaseModel):
+    format: str = Field(description="png")
+    data: str = Field(description="base64 PNG whose pixel values are the class indices (16-bit past 256 classes)")
+    names: list[str] = Field(description="class name of each index")
+
+
+class PredictResult(BaseModel):
+    """One image's answer: ``Results.to_dict()`` of the task's predictor, with the upload's name
+    and size; the fields the task does not produce are left out."""
+
     image: str = Field(description="the upload's file name")
     width: int
     height: int
-    detections: list[Detection] = Field(description="best first, scoring at least conf")
-
-
-class SegmentationResult(BaseModel):
-    image: str = Field(description="the upload's file name")
-    width: int
-    height: int
-    classes: dict[str, float] = Field(description="class name -> fraction of the image's pixels, rounded to 4 decimals")
+    boxes: list[list[float]] | None = Field(None, description="[[x1, y1, x2, y2], ...] in pixels of the upload")
+    scores: list[float] | None = Field(None, description="one per instance, rounded to 4 decimals")
+    labels: list[int] | None = Field(None, description="class index of each instance")
+    names: list[str] | None = Field(None, description="class name of each instance")
+    keypoints: list[list[list[float]]] | None = Field(None, description="pose: [[[x, y, score], ...K], ...N]")
+    landmarks: list[list[list[float]]] | None = Field(None, description="faces: [[[x, y], ...5], ...N]")
+    embeddings: list[list[float]] | None = Field(None, description="face embedder: [N, D], unit length")
+    masks: list[ClassMask] | None = Field(None, description="segmenter (mask_format=rle): one RLE per class present")
+    mask: MaskPng | None = Field(None, description="segmenter (mask_format=png): the class map")
+    classes: dict[str, float] | None = Field(None, description="segmenter: class name -> share of the pixels")
 
 
 class PredictResponse(BaseModel):
-    task: str = Field(description="detect or segment")
+    task: str = Field(description="detect, segment, pose, face_detect or face")
     model: str
-    results: list[DetectionResult | SegmentationResult] = Field(description="one per uploaded image, in upload order")
+    results: list[PredictResult] = Field(description="one per uploaded image, in upload order")
 
 
 class BatchingInfo(BaseModel):
@@ -48,6 +59,7 @@ class LimitsInfo(BaseModel):
     max_upload_bytes: int
     max_images: int
     max_pixels: int
+    max_aspect: float
     timeout_s: float
 
 
@@ -57,18 +69,20 @@ class FaceInfo(BaseModel):
     embedding: int
     weights_sha256: str
     threshold: float
+    detector: str | None = Field(description="the face detector (null: uploads are face crops)")
     identities: int
     api_key_required: bool
 
 
 class ModelInfo(BaseModel):
-    task: str | None = Field(description="detect, or null when only face endpoints are served")
+    task: str | None = Field(description="the task of /v1/predict's model, or null when only face endpoints are served")
     model: str | None = None
     classes: list[str] = []
     category_ids: list[int] = []
     imgsz: int | None = None
     max_size: int | None = None
     weights_sha256: str | None = None
+    options: list[str] = Field([], description="the predictor's options (conf, top_k, ...)")
     device: str
     conf: float
     top_k: int
@@ -92,10 +106,21 @@ class Match(BaseModel):
     score: float = Field(description="cosine similarity with the person's best enrolled face, in [-1, 1]")
 
 
-class IdentifyResult(BaseModel):
-    image: str
+class FaceMatches(BaseModel):
+    box: list[float] | None = Field(
+        min_length=4, max_length=4, description="xyxy pixels: the detector's box, the whole image for a crop"
+    )
+    landmarks: list[list[float]] | None = Field(description="five [x, y] points that aligned the face, if any")
+    detection_score: float | None = Field(description="the detector's score (null without a detector)")
     identity: str | None = Field(description="the best match when its score is above the threshold, else null")
     matches: list[Match] = Field(description="best first")
+
+
+class IdentifyResult(BaseModel):
+    image: str
+    width: int
+    height: int
+    faces: list[FaceMatches] = Field(description="every face found, by decreasing detection score; [] if none")
 
 
 class IdentifyResponse(BaseModel):

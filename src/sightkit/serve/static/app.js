@@ -21,9 +21,12 @@ function say(element, text, isError = false) {
   element.className = isError ? "error" : "";
 }
 
-// The server answers every error as JSON {"detail", "error"}.
-async function call(url, options) {
-  const response = await fetch(url, options);
+// The server answers every error as JSON {"detail", "error"}. The key, when one is typed in,
+// goes with every call (a server with a key may want it for reading too).
+async function call(url, options = {}) {
+  const key = $("api-key").value;
+  const headers = key ? { ...(options.headers || {}), "X-API-Key": key } : options.headers;
+  const response = await fetch(url, { ...options, headers });
   let body = null;
   try { body = await response.json(); } catch (_) { /* not JSON: reported below */ }
   if (!response.ok) {
@@ -50,7 +53,7 @@ async function loadModel() {
     parts.push(`batches of up to ${info.batching.max_batch}`);
     $("model").textContent = parts.join(" · ");
   } catch (error) {
-    say($("model"), `cannot reach the server: ${error.message}`, true);
+    say($("model"), `cannot reach the server: ${error.message} (a server with a key needs it below)`, true);
   }
 }
 
@@ -125,6 +128,12 @@ function fillLegend(detections) {
   legend.hidden = labels.length === 0;
 }
 
+// /v1/predict answers Results.to_dict(): parallel lists (boxes, scores, names); the page draws
+// one object per instance.
+function detectionsOf(result) {
+  return (result.boxes || []).map((box, i) => ({ box, score: result.scores[i], label: result.names[i] }));
+}
+
 function show(bitmap, detections) {
   shown = { bitmap, detections };
   drawnForWidth = $("detect-section").clientWidth;
@@ -184,10 +193,11 @@ async function detect(file) {
       fillClasses(result.classes);
       say(status, `segmented ${size}`);
     } else {
-      show(bitmap, result.detections);
-      fillLegend(result.detections);
-      fillTable(result.detections);
-      const count = result.detections.length;
+      const detections = detectionsOf(result);
+      show(bitmap, detections);
+      fillLegend(detections);
+      fillTable(detections);
+      const count = detections.length;
       say(status, `${count} detection${count === 1 ? "" : "s"} in ${size}`);
     }
   } catch (error) {
@@ -219,9 +229,8 @@ function setUpFaces() {
     const form = new FormData();
     form.append("name", $("enroll-name").value);
     for (const file of $("enroll-files").files) form.append("images", file, file.name);
-    const headers = $("api-key").value ? { "X-API-Key": $("api-key").value } : {};
     try {
-      const answer = await call("/v1/face/enroll", { method: "POST", body: form, headers });
+      const answer = await call("/v1/face/enroll", { method: "POST", body: form });
       say(status, `${answer.name}: ${answer.added} added, ${answer.total} enrolled`);
       loadModel();
     } catch (error) {
@@ -236,10 +245,17 @@ function setUpFaces() {
     try {
       const answer = await call("/v1/face/identify", { method: "POST", body: form });
       const result = answer.results[0];
-      say(status, result.identity ? `${result.image}: ${result.identity}` : `${result.image}: unknown`);
       const body = $("matches").querySelector("tbody");
       body.replaceChildren();
-      for (const match of result.matches) {
+      if (!result.faces.length) {
+        say(status, `${result.image}: no face found`);
+        $("matches").hidden = true;
+        return;
+      }
+      const best = result.faces[0];
+      const more = result.faces.length > 1 ? ` (the first of ${result.faces.length} faces)` : "";
+      say(status, `${result.image}: ${best.identity || "unknown"}${more}`);
+      for (const match of best.matches) {
         const row = body.insertRow();
         row.insertCell().textContent = match.name;
         row.insertCell().textContent = match.score.toFixed(3);
