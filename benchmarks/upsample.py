@@ -2,7 +2,7 @@
 mode gives a segmentation network after the same small training budget.
 
 ``python -m benchmarks upsample [--channels 64] [--size 64] [--batch 8] [--repeats 5]
-[--threads 1] [--steps 150] [--lr 1e-3] [--images 96] [--skip-train] [--parts 123]``
+[--threads 1 2] [--steps 150] [--lr 1e-3] [--images 96] [--skip-train] [--parts 123]``
 
 1. **Block** (``sightkit.nn.Upsample``, ``C -> C`` channels, ×2, ``[B, C, S, S]`` float32 on
    the CPU): parameters, forward + backward time (median of ``--repeats``), and the same
@@ -23,6 +23,9 @@ mode gives a segmentation network after the same small training budget.
    ``sightkit train segment`` (batch 8, crops of 64, AdamW at ``--lr``, cosine) on synthetic shapes
    (``--images``, 20% for validation, seed 0, the same for every mode). One seed: differences
    of a few points are within run-to-run noise.
+
+Table 1 is measured at each ``--threads`` count (default 1 and 2), tables 2 and 3 at the
+first; table 1's figures go to ``benchmarks/results/upsample.json``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary
 from benchmarks._timing import median_time
 from sightkit.nn import Upsample
 from sightkit.nn.upsample import UPSAMPLE_MODES
@@ -105,7 +109,9 @@ def pooled_input(batch: int, channels: int, size: int) -> tuple[Tensor, Tensor]:
     return F.max_pool2d(features, 2, 2, return_indices=True)
 
 
-def block_table(args: argparse.Namespace) -> None:
+def block_table(args: argparse.Namespace) -> dict[str, dict[str, float | str]]:
+    """Print table 1 at the current thread count and return its rows by mode."""
+    rows: dict[str, dict[str, float | str]] = {}
     print(
         f"\n1. Upsample block, {args.channels} -> {args.channels} channels, x2, input "
         f"[{args.batch}, {args.channels}, {args.size}, {args.size}] float32, forward + backward, "
@@ -133,6 +139,8 @@ def block_table(args: argparse.Namespace) -> None:
         note = " (interior)" if border else ""
         ratio = ours_ms / peer_ms
         print(f"{mode:<13}{params:>9}{ours_ms:>9.2f}{peer_ms:>9.2f}{ratio:>11.2f}  {agree:>8.1e}  {name}{note}")
+        rows[mode] = {"peer": name, "ours_ms": round(ours_ms, 3), "peer_ms": round(peer_ms, 3), "agreement": agree}
+    return rows
 
 
 def checkerboard_table(args: argparse.Namespace) -> None:
@@ -207,19 +215,28 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--size", type=int, default=64, help="input side of the block (the model gets 2x)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every row")
+    add_threads_argument(parser)
     parser.add_argument("--steps", type=int, default=150, help="training steps per mode")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the training runs")
     parser.add_argument("--images", type=int, default=96, help="synthetic shapes images (20%% validation)")
     parser.add_argument("--skip-train", action="store_true", help="leave out the mIoU column")
     parser.add_argument("--parts", default="123", help="which tables to print, e.g. 3 for the models only")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average {load:.1f}")
-    for part, table in (("1", block_table), ("2", checkerboard_table), ("3", model_table)):
-        if part in args.parts:
-            table(args)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs")
+    results, summary = Results("upsample", args), []
+    for threads in args.threads:
+        with results.at(threads) as entry:
+            if "1" in args.parts:
+                entry["block"] = block_table(args)
+                summary += [(mode, threads, row["ours_ms"], row["peer_ms"]) for mode, row in entry["block"].items()]
+            # the checkerboard does not depend on threads, and the training runs are too long to repeat
+            if threads == args.threads[0]:
+                for part, table in (("2", checkerboard_table), ("3", model_table)):
+                    if part in args.parts:
+                        table(args)
+    if summary:
+        print_ratio_summary("Upsample block, forward + backward (peer: the PyTorch built-in)", sorted(summary))
+    results.write()
 
 
 if __name__ == "__main__":
