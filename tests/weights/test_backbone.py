@@ -155,3 +155,13 @@ def test_training_from_the_weights_keeps_the_frozen_stages(torch_home: Path) -> 
     torch.testing.assert_close(body.stem[0].weight, reference.conv1.weight, rtol=0, atol=0)
     torch.testing.assert_close(body.layer1[0].conv1.weight, reference.layer1[0].conv1.weight, rtol=0, atol=0)
     assert not torch.equal(body.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+def test_hf_source_strings_parse_into_repo_revision_and_file() -> None:
+    from sightkit.weights.sources import parse_hf
+
+    assert parse_hf("hf:facebook/detr-resnet-50") == ("facebook/detr-resnet-50", None, None)
+    assert parse_hf("hf:facebook/detr-resnet-50@no_timm") == ("facebook/detr-resnet-50", "no_timm", None)
+    assert parse_hf("hf:org/repo@v1/weights/backbone.pth") == ("org/repo", "v1", "weights/backbone.pth")
+    with pytest.raises(ValueError, match=r"expected hf:ORG/NAME\[@REVISION\]\[/FILE\]"):
+        parse_hf("hf:detr")
