@@ -6,14 +6,16 @@ same steps with AdamW (no decay on 1-D parameters), a cosine schedule, gradient 
 at norm 1, the same data order, and one checkpoint write at the end. The trainer adds
 what it is for: loss dict + weights, the non-finite guard, meters and JSON-lines logging,
 the resumable sampler, and its checkpoint (full state + RNG) and safetensors export.
-Times are this process's CPU time (``time.process_time``, one intra-op thread by default),
+Times are this process's CPU time (``time.process_time``),
 which other processes on a shared machine disturb less than wall time. Each side runs N
 and 3N steps; the slope is the cost per step and the intercept the fixed cost of a run
 (set-up, final checkpoint). Bare and trainer runs come in pairs, in alternating order, and
 the overhead is the median of the paired per-step ratios; the final
 weights of both are compared too (they should agree to float rounding).
 
-    python -m benchmarks trainer_overhead [--steps 40] [--repeats 9] [--threads 1]
+    python -m benchmarks trainer_overhead [--steps 40] [--repeats 9] [--threads 1 2]
+
+At each ``--threads`` count (default 1 and 2); figures in ``benchmarks/results/trainer_overhead.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary
 from sightkit.engine import TrainConfig, Trainer
 
 BATCH = 32
@@ -108,13 +111,8 @@ def trainer_run(data: Images, steps: int, out: Path) -> tuple[float, nn.Module]:
     return time.process_time() - start, trainer.unwrapped
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40, help="length of the short run; the long run is 3x")
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def measure(args: argparse.Namespace, threads: int) -> dict[str, float]:
+    """Print the overhead at the current thread count and return its figures."""
     short, long = args.steps, 3 * args.steps
     data = Images(long * BATCH)
     times: dict[tuple[str, int], list[float]] = {}
@@ -140,6 +138,7 @@ def main(argv: list[str]) -> None:
         name: statistics.median(t - short * s for t, s in zip(times[name, short], per_step[name], strict=True))
         for name in per_step
     }
+    median = {name: statistics.median(per_step[name]) for name in per_step}
     ratios = [t / b for t, b in zip(per_step["trainer"], per_step["bare"], strict=True)]
     quartiles = statistics.quantiles(ratios, n=4)
     difference = max(
@@ -147,10 +146,10 @@ def main(argv: list[str]) -> None:
         for a, b in zip(models["bare"].state_dict().values(), models["trainer"].state_dict().values(), strict=True)
         if a.is_floating_point()
     )
-    print(f"small CNN, batch {BATCH}, runs of {short} and {long} steps, {args.threads} thread(s), {args.repeats} pairs")
+    print(f"small CNN, batch {BATCH}, runs of {short} and {long} steps, {threads} thread(s), {args.repeats} pairs")
     for name, label in (("bare", "bare loop"), ("trainer", "Trainer")):
         print(
-            f"  {label:<9}: {1e3 * statistics.median(per_step[name]):6.2f} ms/step, "
+            f"  {label:<9}: {1e3 * median[name]:6.2f} ms/step, "
             f"{1e3 * fixed[name]:6.1f} ms fixed per run (median CPU time)"
         )
     print(
@@ -158,3 +157,25 @@ def main(argv: list[str]) -> None:
         f"{100 * (quartiles[0] - 1):+.2f} % .. {100 * (quartiles[2] - 1):+.2f} %)   target < 5 %"
     )
     print(f"  final weights after {long} steps, max |bare - trainer|: {difference:.2e}")
+    return {
+        **{f"{name}_ms_per_step": round(1e3 * median[name], 3) for name in per_step},
+        **{f"{name}_fixed_ms": round(1e3 * fixed[name], 1) for name in per_step},
+        "overhead_percent": round(100 * (statistics.median(ratios) - 1), 2),
+        "max_weight_difference": difference,
+    }
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="length of the short run; the long run is 3x")
+    parser.add_argument("--repeats", type=int, default=9)
+    add_threads_argument(parser)
+    args = parser.parse_args(argv)
+    results, summary = Results("trainer_overhead", args), []
+    for threads in args.threads:
+        with results.at(threads) as entry:
+            entry.update(measure(args, threads))
+            summary.append(("Trainer vs bare loop", threads, entry["trainer_ms_per_step"], entry["bare_ms_per_step"]))
+    # printed as bare / trainer: below 1 by the trainer's overhead
+    print_ratio_summary("Trainer, CPU ms per step (ours: Trainer, peer: bare loop)", summary)
+    results.write()
