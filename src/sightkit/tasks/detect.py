@@ -297,9 +297,7 @@ class DetectTask(Task):
 
     name = TASK
     summary = "boxes and classes of objects (DETR, DINO, VFNet)"
-    train_config = DetectConfig
-    eval_config = DetectEvalConfig
-    predict_config = DetectPredictConfig
+    train_config, eval_config, predict_config = DetectConfig, DetectEvalConfig, DetectPredictConfig
 
     def training_parts(self, config: DetectConfig) -> TrainingParts:
         train_set, val_set = build_datasets(config)

@@ -257,15 +257,10 @@ class FacePredictor(Predictor):
         self.imgsz = int(metadata["imgsz"])
         self.mean, self.std = json.loads(metadata["mean"]), json.loads(metadata["std"])
         self.names = ["face"]
-        self._detectors: dict[str, Predictor] = {}
 
     def settings(self, **given: Any) -> dict[str, Any]:
         settings = super().settings(**given)
-        detector = settings["detector"]
-        if isinstance(detector, str | Path) and str(detector):
-            if str(detector) not in self._detectors:
-                self._detectors[str(detector)] = runner.load_for(runner.get_task("face_detect"), detector, self.device)
-            settings["detector"] = self._detectors[str(detector)]
+        settings["detector"] = self.companion(settings["detector"], "face_detect")
         return settings
 
     def preprocess(self, frames: Sequence[Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -317,12 +312,6 @@ class FacePredictor(Predictor):
         return results
 
 
-@export("tasks.load_embedder")
-def load_embedder(weights: str | Path, device: torch.device | str = "cpu") -> FacePredictor:
-    """:func:`sightkit.load` for face embedder weights (a clear error for other files)."""
-    return runner.load_for(FACE, weights, device)
-
-
 class NormalisedEmbedder(nn.Module):
     """The embedder with L2-normalised output, for export: ``crops [B, 3, S, S] -> ([B, D],)``."""
 
@@ -342,9 +331,7 @@ class FaceTask(Task):
 
     name = TASK
     summary = "face embeddings (IResNet, MobileFaceNet) with ArcFace/CosFace margins, LFW verification"
-    train_config = FaceConfig
-    eval_config = FaceEvalConfig
-    predict_config = FacePredictConfig
+    train_config, eval_config, predict_config = FaceConfig, FaceEvalConfig, FacePredictConfig
 
     def training_parts(self, config: FaceConfig) -> TrainingParts:
         embedder = build_embedder(config.model, config.embedding, config.imgsz)
@@ -411,6 +398,13 @@ class FaceTask(Task):
 
 
 FACE = register_task(FaceTask())
+
+
+@export("tasks.load_embedder")
+def load_embedder(weights: str | Path, device: torch.device | str = "cpu") -> FacePredictor:
+    """:func:`sightkit.load` for face embedder weights (a clear error for other files)."""
+    return runner.load_for(FACE, weights, device)
+
 
 #: This task's modes (``sightkit.tasks.face.train(config)``): the runner's, which read the task from the config.
 train, evaluate, predict = runner.train, runner.evaluate, runner.predict

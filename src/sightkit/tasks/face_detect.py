@@ -200,16 +200,6 @@ class FaceDetectPredictor(Predictor):
         ]
 
 
-@export("tasks.TrainedFaceDetector")
-def TrainedFaceDetector(
-    weights: str | Path, device: torch.device | str = "cpu", score_threshold: float = 0.5
-) -> FaceDetectPredictor:
-    """:func:`sightkit.load` for face detector weights, with ``conf`` (its ``detect`` threshold) set."""
-    predictor = runner.load_for(FACE_DETECT, weights, device)
-    predictor.options = {"conf": score_threshold}
-    return predictor
-
-
 class OnnxFaceDetector(nn.Module):
     """The detector's raw outputs as a tuple (``logits``, ``boxes``, ``landmarks``), for export."""
 
@@ -230,9 +220,7 @@ class FaceDetectTask(Task):
 
     name = TASK
     summary = "face boxes and 5 landmarks (RetinaFace-style detector)"
-    train_config = FaceDetectConfig
-    eval_config = FaceDetectEvalConfig
-    predict_config = FaceDetectPredictConfig
+    train_config, eval_config, predict_config = FaceDetectConfig, FaceDetectEvalConfig, FaceDetectPredictConfig
 
     def training_parts(self, config: FaceDetectConfig) -> TrainingParts:
         normalise = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -283,6 +271,17 @@ class FaceDetectTask(Task):
 
 
 FACE_DETECT = register_task(FaceDetectTask())
+
+
+@export("tasks.TrainedFaceDetector")
+def TrainedFaceDetector(
+    weights: str | Path, device: torch.device | str = "cpu", score_threshold: float = 0.5
+) -> FaceDetectPredictor:
+    """:func:`sightkit.load` for face detector weights, with ``conf`` (its ``detect`` threshold) set."""
+    predictor = runner.load_for(FACE_DETECT, weights, device)
+    predictor.options = {"conf": score_threshold}
+    return predictor
+
 
 #: This task's modes (``sightkit.tasks.face_detect.train(config)``): the runner's, which read the task from the config.
 train, evaluate, predict = runner.train, runner.evaluate, runner.predict

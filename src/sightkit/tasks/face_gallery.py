@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from sightkit._api import export
-from sightkit.config import setting
+from sightkit.config import DEVICE_HELP, setting
 from sightkit.data.coco import read_image
 from sightkit.data.faces import FaceFolder, collate_faces, normalise_face
 from sightkit.eval.face import StreamingQuantile
@@ -223,20 +223,35 @@ def find_faces(
     return results
 
 
+@dataclass
+class FaceFinding:
+    """The keys of the face commands that say how faces are found in their images."""
+
+    detector: str = setting("", "'' : the images are face crops; mtcnn or face_detect weights: find the faces")
+    wheel: str = setting("", "facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)")
+    landmarks: str = setting("", "landmarks JSON for aligning face crops ('' : the crops are aligned)")
+    device: str = setting("", DEVICE_HELP)
+
+
+@dataclass
+class GalleryMatch(FaceFinding):
+    """The keys of the commands that decide "same person" against a gallery."""
+
+    gallery: str = setting("", "gallery written by sightkit face enroll (its calibrated thresholds give far=)")
+    far: float = setting(1e-2, "accept a match above the gallery's threshold at this FAR")
+    threshold: float = setting(math.nan, "accept above this cosine instead (nan: use far)")
+
+
 @export("tasks.EnrollConfig")
 @dataclass
-class EnrollConfig:
-    """Settings of ``sightkit face enroll DIR``."""
+class EnrollConfig(FaceFinding):
+    """Settings of ``sightkit face enroll DIR`` (the largest face of each image with a detector)."""
 
     folder: str = setting("", "identity folders DIR/NAME/*.png, one per person")
     weights: str = setting("", "embedder weights written by sightkit train face")
-    detector: str = setting("", "'' : face crops; mtcnn or face_detect weights: largest face")
-    wheel: str = setting("", "facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)")
-    landmarks: str = setting("", "landmarks JSON for alignment ('' : crops are aligned)")
     out: str = setting("", "gallery file ('' : DIR/gallery.safetensors)")
     batch: int = setting(64, "crops per forward pass")
     flip: bool = setting(True, "add the mirrored crop's embedding")
-    device: str = setting("", "cpu, cuda, cuda:K ('' : cuda if available)")
 
 
 def embed_folder(loaded: FacePredictor, folder: FaceFolder, batch: int, flip: bool, console: Console) -> Tensor:
@@ -287,19 +302,12 @@ def enroll(config: EnrollConfig, console: Console | None = None) -> FaceGallery:
 
 @export("tasks.IdentifyConfig")
 @dataclass
-class IdentifyConfig:
-    """Settings of ``sightkit face identify IMAGE``."""
+class IdentifyConfig(GalleryMatch):
+    """Settings of ``sightkit face identify IMAGE`` (every face of the image with a detector)."""
 
     image: str = setting("", "an image, or a folder of them")
-    gallery: str = setting("", "gallery written by sightkit face enroll")
-    detector: str = setting("", "'' : face crops; mtcnn or face_detect weights: every face")
-    wheel: str = setting("", "facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)")
-    landmarks: str = setting("", "landmarks JSON for alignment of crops ('' : aligned)")
-    far: float = setting(1e-2, "accept a match above the gallery's threshold at this FAR")
-    threshold: float = setting(math.nan, "accept above this cosine instead (nan: use far)")
     top_k: int = setting(5, "candidates listed per face")
     out: str = setting("", "folder for identities.json and pictures ('' : print only)")
-    device: str = setting("", "cpu, cuda, cuda:K ('' : cuda if available)")
 
 
 @export("tasks.identify_faces")
@@ -350,19 +358,12 @@ def identify(config: IdentifyConfig, console: Console | None = None) -> list[dic
 
 @export("tasks.VerifyConfig")
 @dataclass
-class VerifyConfig:
-    """Settings of ``sightkit face verify IMG1 IMG2``."""
+class VerifyConfig(GalleryMatch):
+    """Settings of ``sightkit face verify IMG1 IMG2`` (the largest face of each with a detector)."""
 
     first: str = setting("", "the first image")
     second: str = setting("", "the second image")
     weights: str = setting("", "embedder weights ('' : the gallery's)")
-    gallery: str = setting("", "a gallery whose calibrated thresholds give far=")
-    far: float = setting(1e-2, "decide at the gallery's threshold for this FAR")
-    threshold: float = setting(math.nan, "decide at this cosine instead (nan: use far)")
-    detector: str = setting("", "'' : face crops; mtcnn or face_detect weights: largest face")
-    wheel: str = setting("", "facenet-pytorch wheel with MTCNN's weights ('' : runs/weights/)")
-    landmarks: str = setting("", "landmarks JSON for alignment of crops ('' : aligned)")
-    device: str = setting("", "cpu, cuda, cuda:K ('' : cuda if available)")
 
 
 @export("tasks.verify_faces")

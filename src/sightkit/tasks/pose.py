@@ -391,17 +391,12 @@ class PosePredictor(Predictor):
         self.padding = float(metadata["padding"])
         self.mean, self.std = json.loads(metadata["mean"]), json.loads(metadata["std"])
         self.names = ["person"]
-        self._detectors: dict[str, Predictor] = {}
 
     def settings(self, **given: Any) -> dict[str, Any]:
         settings = super().settings(**given)
         if isinstance(settings["boxes"], str | Path):
             settings["boxes"] = read_box_file(settings["boxes"], self.category_id) if str(settings["boxes"]) else None
-        detector = settings["detector"]
-        if isinstance(detector, str | Path) and str(detector):
-            if str(detector) not in self._detectors:
-                self._detectors[str(detector)] = runner.load_for(runner.get_task("detect"), detector, self.device)
-            settings["detector"] = self._detectors[str(detector)]
+        settings["detector"] = self.companion(settings["detector"], "detect")
         return settings
 
     def person_boxes(self, frames: Sequence[Any], settings: dict[str, Any]) -> list[np.ndarray]:
@@ -486,12 +481,6 @@ class PosePredictor(Predictor):
         return results
 
 
-@export("tasks.load_pose")
-def load_pose(weights: str | Path, device: torch.device | str = "cpu") -> PosePredictor:
-    """:func:`sightkit.load` for pose weights (a clear error for other files)."""
-    return runner.load_for(POSE, weights, device)
-
-
 class OnnxPose(nn.Module):
     """A pose model whose dict of outputs becomes a tuple in ``names`` order, for export."""
 
@@ -512,9 +501,7 @@ class PoseTask(Task):
 
     name = "pose"
     summary = "keypoints of people (RLE, regression, heatmaps), top-down from person boxes"
-    train_config = PoseConfig
-    eval_config = PoseEvalConfig
-    predict_config = PosePredictConfig
+    train_config, eval_config, predict_config = PoseConfig, PoseEvalConfig, PosePredictConfig
 
     def training_parts(self, config: PoseConfig) -> TrainingParts:
         for key, value, choices in (
@@ -622,6 +609,13 @@ class PoseTask(Task):
 
 
 POSE = register_task(PoseTask())
+
+
+@export("tasks.load_pose")
+def load_pose(weights: str | Path, device: torch.device | str = "cpu") -> PosePredictor:
+    """:func:`sightkit.load` for pose weights (a clear error for other files)."""
+    return runner.load_for(POSE, weights, device)
+
 
 #: This task's modes (``sightkit.tasks.pose.train(config)``): the runner's, which read the task from the config.
 train, evaluate, predict = runner.train, runner.evaluate, runner.predict

@@ -271,11 +271,6 @@ class SegmentPredictor(Predictor):
         return results
 
 
-def load_segmenter(weights: str | Path, device: torch.device | str = "cpu") -> SegmentPredictor:
-    """:func:`sightkit.load` for segmentation weights (a clear error for other files)."""
-    return runner.load_for(SEGMENT, weights, device)
-
-
 # --------------------------------------------------------------------------- the task
 
 
@@ -284,9 +279,7 @@ class SegmentTask(Task):
 
     name = TASK
     summary = "a class for every pixel (FCN, U-Net)"
-    train_config = SegmentConfig
-    eval_config = SegmentEvalConfig
-    predict_config = SegmentPredictConfig
+    train_config, eval_config, predict_config = SegmentConfig, SegmentEvalConfig, SegmentPredictConfig
 
     def training_parts(self, config: SegmentConfig) -> TrainingParts:
         check_model(config.model, config.upsample)  # before reading any data
@@ -355,6 +348,12 @@ class SegmentTask(Task):
 
 
 SEGMENT = register_task(SegmentTask())
+
+
+def load_segmenter(weights: str | Path, device: torch.device | str = "cpu") -> SegmentPredictor:
+    """:func:`sightkit.load` for segmentation weights (a clear error for other files)."""
+    return runner.load_for(SEGMENT, weights, device)
+
 
 #: This task's modes (``sightkit.tasks.segment.train(config)``): the runner's, which read the task from the config.
 train, evaluate, predict = runner.train, runner.evaluate, runner.predict
