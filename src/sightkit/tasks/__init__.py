@@ -15,7 +15,7 @@ from typing import Any
 
 from sightkit._api import build_namespace
 
-_MODULES = ("detect", "export", "face", "face_detect", "face_gallery", "pose", "segment", "runner")
+_MODULES = ("detect", "export", "face", "face_detect", "face_gallery", "onnx_predictor", "pose", "segment", "runner")
 
 
 def __getattr__(name: str) -> Any:

@@ -25,14 +25,13 @@ from torch import Tensor, nn
 from torchvision import tv_tensors
 
 from sightkit._api import export
-from sightkit.predictor import frame_results, image_tensor, resolve_device
+from sightkit.predictor import Predictor, frame_results, image_tensor, resolve_device
 from sightkit.tasks.detect import TASK as DETECT
 from sightkit.tasks.detect import DetectPredictor
+from sightkit.tasks.registry import Task
 
 if TYPE_CHECKING:
-    from sightkit.predictor import Predictor
     from sightkit.results import Results
-    from sightkit.tasks.registry import Task
 
 
 @export("tasks.OnnxModel")
