@@ -31,7 +31,7 @@ import math
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import torch
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
@@ -54,7 +54,7 @@ from sightkit.tasks.face import load_embedder
 from sightkit.tasks.face_gallery import build_detector
 
 if TYPE_CHECKING:
-    from sightkit.serve.app import Server
+    from collections.abc import Awaitable, Callable
 
 #: Smallest extent, in pixels, of a face's five landmarks: closer points are one point for
 #: alignment (no rotation or scale can be solved from them) and no usable face.
@@ -252,7 +252,22 @@ def valid_name(name: str) -> str:
         raise _invalid(str(error)) from None
 
 
-def face_router(server: Server, errors: dict[int | str, dict[str, Any]]) -> APIRouter:
+class FaceHost(Protocol):
+    """What the face endpoints use of the app's server (:class:`sightkit.serve.app.Server`),
+    stated here so that this module does not import the app (which imports it)."""
+
+    face: FaceService | None
+    read_key: Callable[..., Awaitable[None]]
+    write_key: Callable[..., Awaitable[None]]
+
+    async def read_images(self, uploads: list[UploadFile]) -> list[tuple[str, Tensor]]: ...
+
+    async def prepare(self, name: str, function: Callable[..., Any], *args: Any) -> Any: ...
+
+    async def run(self, which: str, item: Any) -> Any: ...
+
+
+def face_router(server: FaceHost, errors: dict[int | str, dict[str, Any]]) -> APIRouter:
     """The ``/v1/face`` endpoints of ``server`` (which has a :class:`FaceService`)."""
     if server.face is None:
         raise ValueError("face_router needs a server started with face_weights")
