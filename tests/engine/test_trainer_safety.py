@@ -13,7 +13,7 @@ from engine_toys import Regression, collate, criterion, make_model
 from torch.utils.data import Dataset
 
 from sightkit.data import ImageReadError, read_image
-from sightkit.engine import TrainConfig, Trainer
+from sightkit.engine import TrainConfig, Trainer, save_checkpoint
 
 
 class ImageSamples(Dataset):
@@ -170,3 +170,16 @@ def test_a_warm_up_longer_than_a_tenth_of_the_run_is_capped(tmp_path) -> None:
     lr_at = {r["step"]: r["lr"] for r in _records(tmp_path)}
     assert lr_at[1] == pytest.approx(1e-2 * (0.001 + 0.999 * 1 / 2), rel=1e-9)  # linear warm-up over 2 steps
     assert lr_at[2] == pytest.approx(1e-2, rel=1e-9)  # then the cosine starts at the full rate
+
+
+def test_settings_that_the_checkpoints_version_did_not_have_are_noted_not_refused(tmp_path, capsys) -> None:
+    _regression(_run_config(tmp_path)).fit()
+    last = tmp_path / "run" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["config"]["ddp_timeout"]  # as an older sightkit wrote it
+    state["config"]["retired_key"] = 1
+    save_checkpoint(state, last)
+    assert _regression(_run_config(tmp_path, resume=True)).step == 4
+    err = capsys.readouterr().err
+    assert "note: resume: ddp_timeout: not a setting of the version that wrote the checkpoint; this run uses 600" in err
+    assert "retired_key: not a setting of the version that wrote the checkpoint; this run drops 1" in err

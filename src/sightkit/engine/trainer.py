@@ -378,9 +378,9 @@ class Trainer:
         with collective_errors(config.ddp_timeout):
             resume_path = self._resume_path()
             train_data, val_data = self._check_data(train_data, val_data)
-        self.skipped = _ReplaceUnreadable(train_data) if config.on_error == "skip" else None
-        if self.skipped is not None:
-            train_data = self.skipped
+        self._replacer = _ReplaceUnreadable(train_data) if config.on_error == "skip" else None
+        if self._replacer is not None:
+            train_data = self._replacer
 
         _seed_everything(config.seed + rank)
         self.sampler = ResumableSampler(train_data, num_replicas=world, rank=rank, seed=config.seed)
@@ -688,7 +688,11 @@ class Trainer:
         for key in sorted(set(saved) | set(current)):
             if key in ("resume", "resume_override"):
                 continue
-            before, after = saved.get(key, "(absent)"), current.get(key, "(absent)")
+            if key not in saved or key not in current:  # a key added or removed by another sightkit version
+                value = f"uses {current[key]!r}" if key in current else f"drops {saved[key]!r}"
+                notes.append(f"{key}: not a setting of the version that wrote the checkpoint; this run {value}")
+                continue
+            before, after = saved[key], current[key]
             if _same_setting(before, after):
                 continue
             line = f"{key}: {before!r} -> {after!r}"
@@ -954,9 +958,9 @@ class Trainer:
         record: dict[str, Any] = {"kind": "train", "step": self.step, "epoch": epoch + 1}
         record.update({name: meters[name].value for name in sorted(meters)})
         record.update({"lr": self.optimizer.param_groups[0]["lr"], "it_s": steps_per_s, "bad_steps": self.bad_total})
-        if self.skipped is not None:
+        if self._replacer is not None:
             # Every rank logs at the same steps, so this sum is a collective all of them join.
-            replaced = reduce_sum(torch.tensor([float(self.skipped.count.value)], device=self.device))
+            replaced = reduce_sum(torch.tensor([float(self._replacer.count.value)], device=self.device))
             record["bad_samples"] = self.preflight_skipped + int(replaced.item())
         self.log.write(record)
         if self.context.is_main and self.config.progress and not bar.enabled:
