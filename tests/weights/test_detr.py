@@ -332,3 +332,20 @@ def test_as_weights_file_imports_a_source_once_into_the_cache(
     assert as_weights_file(first) == first  # a sightkit weights file is used as it is
     assert not is_weights_file(folder / "model.safetensors")  # transformers' file has no task
     compare(build(convert(fetch(str(first)))), model)
+
+
+def test_transformers_own_resnet_backbone_gives_the_same_outputs(tmp_path: Path) -> None:
+    """The ``no_timm`` revisions of the hub checkpoints hold transformers' own ResNet."""
+    transformers.utils.logging.set_verbosity_error()
+    backbone = transformers.ResNetConfig(
+        layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], out_features=["stage4"]
+    )
+    settings = {k: v for k, v in TINY.items() if k != "backbone"}
+    config = transformers.DetrConfig(
+        use_timm_backbone=False, backbone_config=backbone, num_labels=91, auxiliary_loss=False, **settings
+    )
+    model = randomise(transformers.DetrForObjectDetection(config)).eval()
+    model.save_pretrained(tmp_path)
+    converted = convert(fetch(str(tmp_path)))
+    assert converted.family == "detr/transformers" and converted.model_args["backbone"] == "resnet18"
+    compare(build(converted), model)

@@ -9,7 +9,8 @@ Two published layouts of the same network:
   ``transformer.decoder.layers.i`` with ``torch.nn.MultiheadAttention`` (``in_proj_weight``)
   and ``multihead_attn`` for the cross-attention, and the box MLP ``bbox_embed.layers.j``;
 - transformers' hub layout (``facebook/detr-resnet-50``, ``facebook/detr-resnet-101``):
-  ``model.backbone.conv_encoder.model`` (a timm ResNet, torchvision's names), separate
+  ``model.backbone.conv_encoder.model`` (a timm ResNet, torchvision's names; on the
+  ``no_timm`` revisions transformers' own ResNet, renamed by :mod:`sightkit.weights.resnet`), separate
   ``q_proj``/``k_proj``/``v_proj`` projections, ``self_attn_layer_norm`` /
   ``encoder_attn_layer_norm`` / ``final_layer_norm``, ``fc1``/``fc2``, ``model.decoder.layernorm``,
   ``class_labels_classifier`` and ``bbox_predictor.layers.j``.
@@ -63,7 +64,11 @@ def recognise_facebookresearch(state: Mapping[str, Tensor]) -> bool:
 
 
 def recognise_transformers(state: Mapping[str, Tensor]) -> bool:
-    return f"{_TRANSFORMERS_BACKBONE}conv1.weight" in state and "model.decoder.layernorm.weight" in state
+    backbone = (
+        f"{_TRANSFORMERS_BACKBONE}conv1.weight",
+        f"{_TRANSFORMERS_BACKBONE}embedder.embedder.convolution.weight",
+    )
+    return any(key in state for key in backbone) and "model.decoder.layernorm.weight" in state
 
 
 def from_facebookresearch(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -129,9 +134,15 @@ def from_transformers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _backbone(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+def _torchvision_backbone(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The backbone's weights under torchvision's ResNet names (timm's are the same; transformers'
+    own ResNet is renamed)."""
     body = rename(state, prefix, "")
-    return {f"backbone.body.{k}": v for k, v in resnet.to_body(body).items()}
+    return resnet.from_transformers(body) if resnet.is_transformers_resnet(body) else body
+
+
+def _backbone(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {f"backbone.body.{k}": v for k, v in resnet.to_body(_torchvision_backbone(state, prefix)).items()}
 
 
 def settings(state: Mapping[str, Tensor], backbone: str, nhead: int | None) -> dict[str, Any]:
@@ -159,7 +170,7 @@ def convert(fetched: Fetched) -> Converted:
         ours, layout, prefix = from_transformers(state), "transformers", _TRANSFORMERS_BACKBONE
     else:
         ours, layout, prefix = from_facebookresearch(state), "facebookresearch", _FACEBOOK_BACKBONE
-    backbone = resnet.resnet_name(rename(state, prefix, ""))
+    backbone = resnet.resnet_name(_torchvision_backbone(state, prefix))
     found = settings(ours, backbone, fetched.config.get("encoder_attention_heads"))
     model_args = {k: v for k, v in found.items() if v != _DEFAULTS[k]}
     num_classes = ours["class_embed.weight"].shape[0] - 1  # the last logit is "no object"

@@ -4,6 +4,11 @@ sightkit's :class:`~sightkit.models.backbones.ResNetBackbone` body.
 torchvision names the stem ``conv1``/``bn1`` at the top level; sightkit's backbone keeps the
 stages in one ``body`` sequence, the stem as ``stem.0`` (convolution) and ``stem.1``
 (BatchNorm). The residual stages keep their names; the classifier (``fc``) has no place.
+
+transformers' own ResNet (``ResNetModel``, the backbone of ``facebook/detr-resnet-50@no_timm``)
+computes the same network under other names (``embedder.embedder.convolution``,
+``encoder.stages.S.layers.I.layer.J.convolution``, ``shortcut``); :func:`from_transformers`
+renames it into torchvision's.
 """
 
 from __future__ import annotations
@@ -65,5 +70,26 @@ def to_body(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             key = "stem.0." + key.removeprefix("conv1.")
         elif key.startswith("bn1."):
             key = "stem.1." + key.removeprefix("bn1.")
+        out[key] = value
+    return out
+
+
+def is_transformers_resnet(state: Mapping[str, Tensor]) -> bool:
+    return "embedder.embedder.convolution.weight" in state
+
+
+def from_transformers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """transformers' ``ResNetModel`` names -> torchvision's (``encoder.stages.1.layers.0.layer.2.normalization``
+    -> ``layer2.0.bn3``; ``shortcut.convolution`` -> ``downsample.0``)."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        key = re.sub(r"^embedder\.embedder\.convolution\.", "conv1.", key)
+        key = re.sub(r"^embedder\.embedder\.normalization\.", "bn1.", key)
+        key = re.sub(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.", key)
+        key = re.sub(r"\.layer\.(\d+)\.convolution\.", lambda m: f".conv{int(m[1]) + 1}.", key)
+        key = re.sub(r"\.layer\.(\d+)\.normalization\.", lambda m: f".bn{int(m[1]) + 1}.", key)
+        key = key.replace(".shortcut.convolution.", ".downsample.0.").replace(
+            ".shortcut.normalization.", ".downsample.1."
+        )
         out[key] = value
     return out
