@@ -189,11 +189,12 @@ def _prepare(config: ExportConfig, fmt: str, console: Console | None) -> tuple[C
     return console, out, out.with_name(out.name + ".log")
 
 
-def _report(console: Console, spec: ExportSpec, out: Path, log: Path, start: float) -> None:
+def _report(console: Console, spec: ExportSpec, out: Path, log: Path, start: float, detail: str = "") -> None:
     size = out.stat().st_size / 2**20
     console.print(
-        f"exported {spec.name} to [bold]{out}[/] ({size:.1f} MB) in {time.perf_counter() - start:.1f} s; "
-        f"exporter log: {log}"
+        f"exported {spec.name} to [bold]{out}[/] ({size:.1f} MB{detail}) in {time.perf_counter() - start:.1f} s; "
+        f"exporter log: {log}",
+        soft_wrap=True,
     )
 
 
@@ -209,9 +210,7 @@ def export_onnx(config: ExportConfig, console: Console | None = None) -> Path:
     """
     console, out, log = _prepare(config, "onnx", console)
     spec, metadata = export_spec(config.weights, config.imgsz)
-    opset = max(config.opset, spec.min_opset)
-    if opset != config.opset:
-        console.print(f"opset {config.opset} lacks operators of {spec.name}; exporting with opset {opset}")
+    opset = max(config.opset, spec.min_opset)  # said in the report line
     start = time.perf_counter()
 
     def convert() -> None:
@@ -231,7 +230,7 @@ def export_onnx(config: ExportConfig, console: Console | None = None) -> Path:
         program.save(str(out), external_data=None)
 
     _run_quietly(log, convert)
-    _report(console, spec, out, log, start)
+    _report(console, spec, out, log, start, f", opset {opset}")
     if config.check:
         difference = onnx_parity(spec, out)
         console.print(f"onnxruntime vs PyTorch: max |difference| {difference:.2e}")
