@@ -165,3 +165,18 @@ def test_hf_source_strings_parse_into_repo_revision_and_file() -> None:
     assert parse_hf("hf:org/repo@v1/weights/backbone.pth") == ("org/repo", "v1", "weights/backbone.pth")
     with pytest.raises(ValueError, match=r"expected hf:ORG/NAME\[@REVISION\]\[/FILE\]"):
         parse_hf("hf:detr")
+
+
+def test_transformers_resnet_classifier_loads_into_the_backbone(tmp_path: Path) -> None:
+    """``microsoft/resnet-50``'s layout (ResNetForImageClassification, saved with save_pretrained)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512])
+    reference = randomise(transformers.ResNetForImageClassification(config)).eval()
+    reference.save_pretrained(tmp_path)
+    backbone = build_backbone("resnet18", 4, trainable_stages=5, norm="bn")
+    report = load_backbone_weights(backbone, str(tmp_path))
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = reference.resnet(images.contiguous(memory_format=torch.channels_last)).last_hidden_state
+        torch.testing.assert_close(backbone.eval()(images), expected, atol=1e-5, rtol=1e-5)
+    assert report["loaded"] == sum(not k.endswith("num_batches_tracked") for k in backbone.state_dict())

@@ -57,9 +57,10 @@ def load_backbone_weights(model: nn.Module, source: str) -> dict[str, int | str]
 
     Args:
         model: any sightkit model with a :func:`~sightkit.models.build_backbone` ResNet.
-        source: torchvision's or timm's ResNet layout: ``torchvision:resnet50.IMAGENET1K_V1``,
-            ``timm:resnet50.a1_in1k``, a local ``.pth``/``.safetensors`` file of such a
-            state dict, or ``hf:ORG/NAME/FILE``; ``""``/``"none"`` loads nothing.
+        source: a ResNet in torchvision's, timm's or transformers' layout:
+            ``torchvision:resnet50.IMAGENET1K_V1``, ``timm:resnet50.a1_in1k``,
+            ``hf:timm/resnet50.a1_in1k``, ``hf:microsoft/resnet-50``, a local
+            ``.pth``/``.safetensors`` file or ``save_pretrained`` folder; ``""``/``"none"`` loads nothing.
 
     Returns:
         ``{"source": source, "loaded": weights and statistics loaded, "body": the backbone's module name}``
@@ -76,13 +77,14 @@ def load_backbone_weights(model: nn.Module, source: str) -> dict[str, int | str]
         raise ValueError(
             f"backbone_weights={source!r}: {type(model).__name__} has no torchvision ResNet backbone to load them into"
         )
-    fetched = fetch(source)
-    if not resnet.recognise(fetched.state):
-        sample = ", ".join(list(fetched.state)[:4])
+    state = resnet.to_torchvision(fetch(source).state)
+    if not resnet.recognise(state):
+        sample = ", ".join(list(state)[:4])
         raise ValueError(
-            f"backbone_weights={source!r} is not a torchvision/timm ResNet state dict (its keys: {sample}, ...)"
+            f"backbone_weights={source!r} is not a torchvision, timm or transformers ResNet state dict "
+            f"(its keys: {sample}, ...)"
         )
-    body_state = resnet.to_body(fetched.state)
+    body_state = resnet.to_body(state)
     loaded = 0
     for _, body in bodies:
         # A backbone cut after layer k has no place for the later stages' weights.

@@ -68,6 +68,8 @@ KNOWN_SOURCES: tuple[KnownSource, ...] = (
         "torchvision:resnet50", _TV, "backbone", "ImageNet-1k ResNet-50, torchvision's V2 recipe", "BSD-3-Clause"
     ),
     KnownSource("torchvision:resnet101", _TV, "backbone", "ImageNet-1k ResNet-101", "BSD-3-Clause (torchvision)"),
+    KnownSource("hf:microsoft/resnet-50", _TV, "backbone", "transformers' ImageNet ResNet-50", "Apache-2.0"),
+    KnownSource("hf:timm/resnet50.a1_in1k", _TV, "backbone", "timm's ResNet-50 A1 recipe, from the hub", "Apache-2.0"),
     KnownSource("timm:resnet50.a1_in1k", _TV, "backbone", "timm's ResNet-50 (needs timm)", "Apache-2.0 (timm)"),
     KnownSource(
         "FILE:ms1mv3_arcface_r18_fp16/backbone.pth", _IF, "iresnet18", "ArcFace IResNet-18, MS1MV3", _IF_LICENCE

@@ -93,3 +93,12 @@ def from_transformers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         )
         out[key] = value
     return out
+
+
+def to_torchvision(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Any published ResNet state dict under torchvision's names: torchvision's and timm's as
+    they are; transformers' ``ResNetModel`` or ``ResNetForImageClassification`` (``resnet.``
+    prefix, ``classifier`` head, e.g. ``microsoft/resnet-50``) renamed, its classifier dropped."""
+    if any(k.startswith("resnet.embedder.") for k in state):
+        state = {k.removeprefix("resnet."): v for k, v in state.items() if k.startswith("resnet.")}
+    return from_transformers(state) if is_transformers_resnet(state) else dict(state)
