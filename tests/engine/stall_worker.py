@@ -1,12 +1,14 @@
 """Run by ``test_distributed.py`` as one rank of a gloo group: train the toy model, with rank 1
-stalling (``time.sleep``) in its third step for longer than ``ddp_timeout``. Every rank must
-end with one ``error:`` line, as the command line prints a :class:`DistributedError`.
+stalling (``time.sleep``) in its third step for longer than ``ddp_timeout``, or dying there
+(``STALL_SECONDS`` < 0: ``os._exit(1)``, as under ``kill -9``). Every surviving rank must end
+with one ``error:`` line, as the command line prints a :class:`DistributedError`.
 
 Usage: ``stall_worker.py OUT DDP_TIMEOUT STALL_SECONDS``
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,8 @@ def main(out: str, timeout: float, stall: float) -> None:
         nonlocal calls
         calls += 1
         if calls == 3 and get_rank() == 1:
+            if stall < 0:
+                os._exit(1)
             time.sleep(stall)
         return criterion(outputs, targets)
 

@@ -103,29 +103,43 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path) ->
         assert (tmp_path / f"acc{accumulate}" / "results.csv").is_file()
 
 
-@pytest.mark.slow
-def test_a_stalled_rank_ends_every_process_with_one_line_after_ddp_timeout(tmp_path) -> None:
-    # gloo's default would hold rank 0 for 30 minutes; ddp_timeout=3 s ends it, and rank 1, once
-    # it wakes, finds its peer gone. Each prints one line (no traceback) and exits with 2.
+def _run_stalling_ranks(out: Path, stall: str) -> tuple[list[subprocess.Popen], list[str], float]:
     port, processes = free_port(), []
     started = time.monotonic()
     for rank in range(2):
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
         env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
-        command = [sys.executable, str(STALL_WORKER), str(tmp_path / "run"), "3", "12"]
-        processes.append(
-            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        )
+        command = [sys.executable, str(STALL_WORKER), str(out), "3", stall]
+        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        processes.append(subprocess.Popen(command, env=env, **output))
     try:
         outputs = [process.communicate(timeout=240)[0] for process in processes]
     finally:
         for process in processes:
             process.kill()
-    elapsed = time.monotonic() - started
+    return processes, outputs, time.monotonic() - started
+
+
+def _assert_one_error_line(rank: int, process: subprocess.Popen, output: str) -> None:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert process.returncode == 2, output[-3000:]
+    assert lines[-1].startswith(f"error: rank {rank} of 2: a collective operation failed ("), output[-3000:]
+    assert "after waiting up to ddp_timeout=3 s: another rank stalled or died" in lines[-1]
+    assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_a_stalled_rank_ends_every_process_with_one_line_after_ddp_timeout(tmp_path) -> None:
+    # gloo's default would hold rank 0 for 30 minutes; ddp_timeout=3 s ends it, and rank 1, once
+    # it wakes, finds its peer gone. Each prints one line (no traceback) and exits with 2.
+    processes, outputs, elapsed = _run_stalling_ranks(tmp_path / "run", "12")
     for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
-        lines = [line for line in output.splitlines() if line.strip()]
-        assert process.returncode == 2, output[-3000:]
-        assert lines[-1].startswith(f"error: rank {rank} of 2: a collective operation failed ("), output[-3000:]
-        assert "after waiting up to ddp_timeout=3 s: another rank stalled or died" in lines[-1]
-        assert "Traceback" not in output
+        _assert_one_error_line(rank, process, output)
     assert elapsed < 120
+
+
+@pytest.mark.slow
+def test_a_dead_rank_ends_the_others_with_one_line(tmp_path) -> None:
+    processes, outputs, _ = _run_stalling_ranks(tmp_path / "run", "-1")
+    assert processes[1].returncode == 1  # it died (os._exit) in its third step
+    _assert_one_error_line(0, processes[0], outputs[0])
