@@ -380,11 +380,6 @@ class DetectTask(Task):
 DETECT = register_task(DetectTask())
 
 
-@export("tasks.load_detector")
-def load_detector(weights: str | Path, device: torch.device | str = "cpu") -> DetectPredictor:
-    """:func:`sightkit.load` for detection weights (a clear error for other files)."""
-    return runner.load_for(DETECT, weights, device)
-
-
-#: This task's modes (``sightkit.tasks.detect.train(config)``): the runner's, which read the task from the config.
-train, evaluate, predict = runner.train, runner.evaluate, runner.predict
+#: This task's modes (``sightkit.tasks.detect.train(config)``): the runner's, which read the task from the config;
+#: and ``sightkit.load`` for its weights only.
+train, evaluate, predict, load_detector = runner.train, runner.evaluate, runner.predict, DETECT.load_weights

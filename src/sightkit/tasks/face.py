@@ -400,11 +400,6 @@ class FaceTask(Task):
 FACE = register_task(FaceTask())
 
 
-@export("tasks.load_embedder")
-def load_embedder(weights: str | Path, device: torch.device | str = "cpu") -> FacePredictor:
-    """:func:`sightkit.load` for face embedder weights (a clear error for other files)."""
-    return runner.load_for(FACE, weights, device)
-
-
-#: This task's modes (``sightkit.tasks.face.train(config)``): the runner's, which read the task from the config.
-train, evaluate, predict = runner.train, runner.evaluate, runner.predict
+#: This task's modes (``sightkit.tasks.face.train(config)``): the runner's, which read the task from the config;
+#: and ``sightkit.load`` for its weights only.
+train, evaluate, predict, load_embedder = runner.train, runner.evaluate, runner.predict, FACE.load_weights

@@ -611,11 +611,6 @@ class PoseTask(Task):
 POSE = register_task(PoseTask())
 
 
-@export("tasks.load_pose")
-def load_pose(weights: str | Path, device: torch.device | str = "cpu") -> PosePredictor:
-    """:func:`sightkit.load` for pose weights (a clear error for other files)."""
-    return runner.load_for(POSE, weights, device)
-
-
-#: This task's modes (``sightkit.tasks.pose.train(config)``): the runner's, which read the task from the config.
-train, evaluate, predict = runner.train, runner.evaluate, runner.predict
+#: This task's modes (``sightkit.tasks.pose.train(config)``): the runner's, which read the task from the config;
+#: and ``sightkit.load`` for its weights only.
+train, evaluate, predict, load_pose = runner.train, runner.evaluate, runner.predict, POSE.load_weights

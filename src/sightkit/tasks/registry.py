@@ -131,6 +131,12 @@ class Task:
         its ``metadata_props``)."""
         raise ValueError(f"sightkit does not run exported {self.name} ONNX files; load the .safetensors weights")
 
+    def load_weights(self, weights: str | Path, device: Any = None) -> Predictor:
+        """:func:`sightkit.load` for weights of this task only (a clear error for any other file)."""
+        from sightkit.tasks.runner import load_for
+
+        return load_for(self, weights, device)
+
     @property
     def exportable(self) -> bool:
         return type(self).export_spec is not Task.export_spec

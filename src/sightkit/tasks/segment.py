@@ -350,10 +350,6 @@ class SegmentTask(Task):
 SEGMENT = register_task(SegmentTask())
 
 
-def load_segmenter(weights: str | Path, device: torch.device | str = "cpu") -> SegmentPredictor:
-    """:func:`sightkit.load` for segmentation weights (a clear error for other files)."""
-    return runner.load_for(SEGMENT, weights, device)
-
-
-#: This task's modes (``sightkit.tasks.segment.train(config)``): the runner's, which read the task from the config.
-train, evaluate, predict = runner.train, runner.evaluate, runner.predict
+#: This task's modes (``sightkit.tasks.segment.train(config)``): the runner's, which read the task from the config;
+#: and ``sightkit.load`` for its weights only.
+train, evaluate, predict, load_segmenter = runner.train, runner.evaluate, runner.predict, SEGMENT.load_weights
