@@ -1,7 +1,7 @@
 """DINO's training step against transformers' Deformable DETR at the same size, and our
 multi-scale deformable attention against transformers' pure-PyTorch one.
 
-``python -m benchmarks dino_train_step [--repeats 5] [--threads 1] [--batch 8] [--size 128]``
+``python -m benchmarks dino_train_step [--repeats 5] [--threads 1 2] [--batch 8] [--size 128]``
 
 Attention (CPU, float32): :func:`sightkit.nn.ms_deform_attn` and transformers'
 ``MultiScaleDeformableAttention`` (its PyTorch path, the one that runs without a compiled
@@ -24,7 +24,8 @@ The weights are not shared (the architectures differ: DINO's query positions, de
 varifocal loss), so there is no value agreement for the step, only for the attention kernel.
 Time: median over ``--repeats`` steps after a warm-up, the models alternating step by step so
 that a change in machine load hits all; wall time and process CPU time (steadier on a shared
-machine).
+machine); at each ``--threads`` count (default 1 and 2), figures in
+``benchmarks/results/dino_train_step.json``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from sightkit.losses import SetCriterion
+from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary
 from sightkit.models import create_model
 from sightkit.nn import ms_deform_attn
 
@@ -116,11 +117,11 @@ def step_function(model: nn.Module, loss: Callable[[], Tensor]) -> Callable[[], 
 
 
 def ours_loss(model: nn.Module, images: Tensor, targets: list[dict[str, Tensor]]) -> Callable[[], Tensor]:
-    dino = hasattr(model, "build_criterion")
-    criterion = model.build_criterion() if dino else SetCriterion(NUM_CLASSES, aux_layers=1)
+    criterion = model.build_criterion()
 
     def loss() -> Tensor:
-        outputs = model(images, targets=targets) if dino else model(images)
+        # DINO's forward takes the targets in training (its denoising queries), DETR's does not
+        outputs = model(images, targets=targets) if model.reads_targets else model(images)
         losses = criterion(outputs, targets)
         return sum(weight * losses[name] for name, weight in criterion.weight_dict.items())
 
@@ -147,7 +148,7 @@ def alternate(functions: dict[str, Callable[[], None]], repeats: int) -> dict[st
     return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in functions}
 
 
-def attention_benchmark(repeats: int) -> None:
+def attention_benchmark(repeats: int) -> dict[str, float]:
     from transformers.models.deformable_detr.modeling_deformable_detr import MultiScaleDeformableAttention
 
     shapes = [(16, 16), (8, 8), (4, 4)]
@@ -177,20 +178,18 @@ def attention_benchmark(repeats: int) -> None:
         print(f"  {name:<14} {wall * 1e3:8.1f} ms wall {cpu * 1e3:8.1f} ms CPU")
     ratio = times["sightkit"][1] / times["transformers"][1]
     print(f"  sightkit / transformers CPU time: {ratio:.2f}; max |difference| {difference:.1e}")
+    return {
+        "ours_ms": round(times["sightkit"][0] * 1e3, 2),
+        "peer_ms": round(times["transformers"][0] * 1e3, 2),
+        "ours_cpu_ms": round(times["sightkit"][1] * 1e3, 2),
+        "peer_cpu_ms": round(times["transformers"][1] * 1e3, 2),
+        "max_difference": difference,
+    }
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=128)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def train_steps(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Print the train-step table at the current thread count and return its rows."""
     torch.manual_seed(0)
-    print(f"{args.threads} thread(s), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    attention_benchmark(args.repeats)
-
     images, targets = make_batch(args.batch, args.size)
     models = {
         "dino_r18_tiny": create_model("dino_r18_tiny", num_classes=NUM_CLASSES),
@@ -211,3 +210,29 @@ def main(argv: list[str]) -> None:
         print(f"{name:<28} {parameters[name] / 1e6:7.2f}M {wall * 1e3:9.0f} {cpu * 1e3:9.0f} {cpu / peer_cpu:11.2f}")
     ratio = times["dino_r18_tiny"][1] / times["detr_r18_tiny"][1]
     print(f"dino_r18_tiny / detr_r18_tiny CPU time per step: {ratio:.2f}")
+    return {
+        name: {"wall_ms": round(wall * 1e3, 1), "cpu_ms": round(cpu * 1e3, 1), "parameters": parameters[name]}
+        for name, (wall, cpu) in times.items()
+    }
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    add_threads_argument(parser)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    args = parser.parse_args(argv)
+    print(f"{os.cpu_count()} CPUs")
+    results, summary = Results("dino_train_step", args), []
+    for threads in args.threads:
+        with results.at(threads) as entry:
+            torch.manual_seed(0)
+            entry["attention"] = attention = attention_benchmark(args.repeats)
+            entry["train_step"] = step = train_steps(args)
+            summary.append(("ms_deform_attn fwd+bwd", threads, attention["ours_ms"], attention["peer_ms"]))
+            for name in ("dino_r18_tiny", "dino_r18_tiny frozen BN"):
+                peer_ms = step["transformers DeformableDetr"]["wall_ms"]
+                summary.append((f"{name} step", threads, step[name]["wall_ms"], peer_ms))
+    print_ratio_summary("DINO against transformers' Deformable DETR, wall time", summary)
+    results.write()
