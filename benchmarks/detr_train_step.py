@@ -1,10 +1,12 @@
 """DETR train step against transformers' DetrForObjectDetection, and inference eager vs ONNX Runtime.
 
-``python -m benchmarks detr_train_step [--configs tiny r50] [--repeats 5] [--threads 1] [--no-rss] [--no-onnx]``
+``python -m benchmarks detr_train_step [--configs tiny r50] [--repeats 5] [--threads 1 2] [--no-rss] [--no-onnx]``
 
-``--threads`` (default 1) sets torch's and ONNX Runtime's intra-op threads: one thread does
-the same work on one core on both sides; with two threads on a loaded two-core machine the
-wall times mostly measure how each library's thread pool copes with being descheduled.
+Everything is measured at each ``--threads`` count (default 1 and 2) of torch's and ONNX
+Runtime's intra-op threads: one thread does the same work on one core on both sides; with two
+threads on a loaded two-core machine the wall times mostly measure how each library's thread
+pool copes with being descheduled (the load average is printed with each). The figures go to
+``benchmarks/results/detr_train_step.json``.
 
 Train step (batch 2, CPU, float32): ``zero_grad``, forward, loss (with auxiliary losses),
 backward, AdamW step, for two configurations built the same way on both sides:
@@ -59,10 +61,12 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary, ratio
 from sightkit.losses import SetCriterion
 from sightkit.models import DETR, create_model
 
@@ -358,7 +362,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks detr_train_step", description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per side")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (and ONNX Runtime's)")
+    add_threads_argument(parser)
     parser.add_argument("--no-rss", action="store_true", help="skip the fresh-process memory measurement")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime latency")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -367,10 +371,19 @@ def main(argv: list[str]) -> None:
         _child(args.child[0], args.child[1], int(args.child[2]))
         return
 
-    torch.set_num_threads(args.threads)
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    print(f"CPU, {args.threads} thread(s), batch {BATCH}, float32, median of {args.repeats} steps, sides alternating")
-    print(f"{os.cpu_count()} CPUs, load average {load} (wall times stretch under load)")
+    print(f"CPU, batch {BATCH}, float32, median of {args.repeats} steps, sides alternating, {os.cpu_count()} CPUs")
+    results, summary = Results("detr_train_step", args), []
+    for threads in args.threads:
+        with results.at(threads) as entry:
+            run(args, threads, entry, summary)
+    print_ratio_summary("DETR train step against transformers, wall time", summary)
+    results.write()
+
+
+def run(
+    args: argparse.Namespace, threads: int, entry: dict[str, Any], summary: list[tuple[str, int, float, float]]
+) -> None:
+    """Print the tables at the current thread count; figures into ``entry`` and ``summary``."""
     print(f"{'config':6} {'impl':34} {'wall ms':>8} {'cpu ms':>8} {'peak MiB':>9}")
     for name in args.configs:
         config = CONFIGS[name]
@@ -385,7 +398,7 @@ def main(argv: list[str]) -> None:
             labels["registered"] = "sightkit detr_r18_tiny (BatchNorm)"
             labels["ours"] += " (frozen BN)"
         medians = alternating_medians(fns, args.repeats)
-        rss = {impl: float("nan") if args.no_rss else rss_peak_mib(name, impl, args.threads) for impl in fns}
+        rss = {impl: float("nan") if args.no_rss else rss_peak_mib(name, impl, threads) for impl in fns}
         for impl, (wall, cpu) in medians.items():
             print(f"{name:6} {labels[impl]:34} {wall * 1e3:8.0f} {cpu * 1e3:8.0f} {rss[impl]:9.0f}", flush=True)
         (ours_wall, ours_cpu), (peer_wall, peer_cpu) = medians["ours"], medians["peer"]
@@ -393,6 +406,12 @@ def main(argv: list[str]) -> None:
             f"{name:6} {'ours / peer':34} {ours_wall / peer_wall:7.2f}x {ours_cpu / peer_cpu:7.2f}x "
             f"{rss['ours'] / rss['peer']:8.2f}x   (below 1: ours faster / smaller)"
         )
+        summary.append((f"{name} train step", threads, ours_wall * 1e3, peer_wall * 1e3))
+        entry[name] = {
+            labels[impl]: {"wall_ms": round(wall * 1e3, 1), "cpu_ms": round(cpu * 1e3, 1), "peak_mib": rss[impl]}
+            for impl, (wall, cpu) in medians.items()
+        }
+        entry[name]["ratio"] = ratio(peer_wall, ours_wall)
         logits, boxes, loss = value_agreement(config)
         print(
             f"{name:6} agreement (same weights, eval): max |logits diff| {logits:.1e}, "
@@ -403,9 +422,14 @@ def main(argv: list[str]) -> None:
         print(f"{'model':14} {'eager ms':>9} {'onnxrt ms':>10} {'ort/eager':>10} {'max |diff|':>11} {'export s':>9}")
         for name in args.configs:
             config = CONFIGS[name]
-            eager, onnx, difference, export_time = onnx_latency(config, args.repeats, args.threads)
+            eager, onnx, difference, export_time = onnx_latency(config, args.repeats, threads)
             print(
                 f"{config.model:14} {eager * 1e3:9.1f} {onnx * 1e3:10.1f} {onnx / eager:9.2f}x "
                 f"{difference:11.1e} {export_time:9.0f}",
                 flush=True,
             )
+            entry[f"{name} inference"] = {
+                "eager_ms": round(eager * 1e3, 2),
+                "onnxruntime_ms": round(onnx * 1e3, 2),
+                "max_difference": difference,
+            }
