@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sightkit._api import export
-from sightkit.eval.plots import distinct_colours
 
 #: Beside ``metrics.jsonl``: the same records as a table.
 CSV_NAME = "results.csv"
@@ -176,16 +176,15 @@ def _is_placeholder(key: str, value: float) -> bool:
     return key.startswith(("AP", "AR")) and value < 0
 
 
-def _panels() -> list[tuple[str, str, Callable[[str], bool]]]:
-    """(title, record kind, which keys) of each panel, in display order."""
-    return [
-        ("training losses", "train", lambda k: k not in _NOT_LOSSES and k != "lr"),
-        ("validation losses", "val", lambda k: k.startswith("val_")),
-        ("AP", "val", lambda k: k.startswith("AP")),
-        ("AR", "val", lambda k: k.startswith("AR")),
-        ("validation metrics", "val", lambda k: not k.startswith(("val_", "AP", "AR")) and k not in _NOT_LOSSES),
-        ("learning rate", "train", lambda k: k == "lr"),
-    ]
+# (title, record kind, which keys) of each panel of curves.png, in display order.
+_PANELS: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
+    ("training losses", "train", lambda k: k not in _NOT_LOSSES and k != "lr"),
+    ("validation losses", "val", lambda k: k.startswith("val_")),
+    ("AP", "val", lambda k: k.startswith("AP")),
+    ("AR", "val", lambda k: k.startswith("AR")),
+    ("validation metrics", "val", lambda k: not k.startswith(("val_", "AP", "AR")) and k not in _NOT_LOSSES),
+    ("learning rate", "train", lambda k: k == "lr"),
+)
 
 
 def _series(records: list[Mapping[str, Any]], key: str) -> list[tuple[float, float]]:
@@ -197,7 +196,7 @@ def _series(records: list[Mapping[str, Any]], key: str) -> list[tuple[float, flo
 
 
 @export("engine.curves_figure")
-def curves_figure(records: list[Mapping[str, Any]]) -> Any:
+def curves_figure(records: list[Mapping[str, Any]]) -> Figure:
     """The training curves of ``metrics.jsonl`` records as a matplotlib ``Figure``.
 
     One panel per group against the optimiser step: training losses, validation losses,
@@ -208,10 +207,11 @@ def curves_figure(records: list[Mapping[str, Any]]) -> Any:
     """
     # The object API with the Agg canvas: no pyplot state, no GUI backend, works in any process.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+
+    from sightkit.eval.plots import distinct_colours
 
     drawn = []
-    for title, kind, wanted in _panels():
+    for title, kind, wanted in _PANELS:
         rows = [r for r in records if r.get("kind") == kind]
         keys = list(dict.fromkeys(k for r in rows for k, v in r.items() if wanted(k) and _is_number(v)))
         series = {key: points for key in keys if (points := _series(rows, key))}
