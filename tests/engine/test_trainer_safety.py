@@ -183,3 +183,19 @@ def test_settings_that_the_checkpoints_version_did_not_have_are_noted_not_refuse
     err = capsys.readouterr().err
     assert "note: resume: ddp_timeout: not a setting of the version that wrote the checkpoint; this run uses 600" in err
     assert "retired_key: not a setting of the version that wrote the checkpoint; this run drops 1" in err
+
+
+def test_skip_leaves_bad_validation_images_out_and_keeps_the_datasets_attributes(tmp_path, images) -> None:
+    train = ImageSamples([p for i, p in enumerate(images) if i not in (3, 7, 9)])
+    val = ImageSamples(images[:8])
+    val.uses_detections = False  # what pose evaluation reads from loader.dataset
+    seen = []
+
+    def evaluate(model, loader) -> dict[str, float]:
+        seen.append((loader.dataset.uses_detections, [t["y"].item() for _, targets in loader for t in targets]))
+        return {"val_loss": 0.0}
+
+    config = _config(tmp_path, on_error="skip", steps=1)
+    Trainer(make_model(), criterion, train, config, collate_fn=collate, val_data=val, evaluate=evaluate).fit()
+    # Validation samples 0..7 without 3 and 7 (truncated, missing); y is the index modulo 3.
+    assert seen == [(False, [float(i % 3) for i in (0, 1, 2, 4, 5, 6)])]
