@@ -16,7 +16,10 @@ the ratio is a cost comparison of two designs at equal width, not of two impleme
 one design: parameter counts and FLOP-relevant sizes are printed with it.
 
     python -m benchmarks vfnet ablation --steps 1000 --threads 1
-    python -m benchmarks vfnet latency
+    python -m benchmarks vfnet latency [--threads 1 2]
+
+``latency`` runs at each ``--threads`` count (default 1 and 2), ``ablation`` at the first;
+the figures go to ``benchmarks/results/vfnet.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary
 from benchmarks._timing import median_time
 from sightkit.data.synthetic.shapes import ShapesConfig, synthesize_shapes
 from sightkit.engine.trainer import Trainer
@@ -107,8 +111,9 @@ def train_variant(name: str, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def ablation(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
+def ablation(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Train the variants at the first of ``--threads`` (training runs are too long to repeat)."""
+    torch.set_num_threads(args.threads[0])
     data = Path(args.data)
     if not (data / "annotations" / "train.json").is_file():
         synthesize_shapes(ShapesConfig(out=str(data), images=600, seed=0, size=args.imgsz))
@@ -116,7 +121,7 @@ def ablation(args: argparse.Namespace) -> None:
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))
     print(
         f"\nsynthetic shapes ({args.data}), {args.steps} steps, batch {args.batch}, imgsz {args.imgsz}, "
-        f"{args.threads} thread(s), seed {args.seed}"
+        f"{args.threads[0]} thread(s), seed {args.seed}"
     )
     print(f"{'variant':<18} {'AP':>6} {'AP50':>6} {'ms/step':>8} {'minutes':>8}")
     for name, r in results.items():
@@ -126,6 +131,7 @@ def ablation(args: argparse.Namespace) -> None:
         gain, gain50 = varifocal["AP"] - focal["AP"], varifocal["AP50"] - focal["AP50"]
         ratio = varifocal["ms_per_step"] / focal["ms_per_step"]
         print(f"varifocal - focal: AP {gain:+.3f}, AP50 {gain50:+.3f}; step time ratio {ratio:.2f}")
+    return results
 
 
 def time_heads(channels: int, side: int, batch: int, num_classes: int, repeats: int) -> dict[str, tuple[float, int]]:
@@ -166,17 +172,22 @@ def time_heads(channels: int, side: int, batch: int, num_classes: int, repeats: 
     }
 
 
-def latency(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
+def latency(args: argparse.Namespace, threads: int) -> dict[str, dict[str, float]]:
+    """Print the latency table at ``threads`` and return its rows (ms and parameters by setting and head)."""
     torch.manual_seed(0)
-    print(f"head + postprocess latency, {args.threads} thread(s); score threshold 0.05, NMS IoU 0.6, 100 detections")
+    print(f"head + postprocess latency, {threads} thread(s); score threshold 0.05, NMS IoU 0.6, 100 detections")
     print(f"{'setting':<30} {'head':<8} {'ms':>9} {'/ yolov8':>9} {'params':>8}")
+    rows = {}
     for channels, side, batch, num_classes in ((64, 128, 8, 5), (256, 640, 1, 80)):
         results = time_heads(channels, side, batch, num_classes, args.repeats)
         setting = f"{channels} ch, {side}px, batch {batch}, C={num_classes}"
         for name, (seconds, params) in results.items():
             ratio = seconds / results["yolov8"][0]
             print(f"{setting:<30} {name:<8} {seconds * 1e3:>9.1f} {ratio:>9.2f} {params / 1e6:>7.2f}M")
+        rows[setting] = {
+            name: {"ms": round(seconds * 1e3, 2), "parameters": params} for name, (seconds, params) in results.items()
+        }
+    return rows
 
 
 def main(argv: list[str]) -> None:
@@ -188,13 +199,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the VFNet variants")
     parser.add_argument("--detr-lr", type=float, default=2e-4, help="AdamW learning rate of DETR")
     parser.add_argument("--imgsz", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1)
+    add_threads_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--data", default="runs/data/shapes_bench")
     parser.add_argument("--out", default="runs/bench/vfnet")
     args = parser.parse_args(argv)
-    if args.part in ("latency", "all"):
-        latency(args)
-    if args.part in ("ablation", "all"):
-        ablation(args)
+    results, summary = Results("vfnet", args), []
+    for threads in args.threads:
+        with results.at(threads) as entry:
+            if args.part in ("latency", "all"):
+                entry["latency"] = latency(args, threads)
+                for setting, heads in entry["latency"].items():
+                    summary.append((f"{setting}", threads, heads["vfnet"]["ms"], heads["yolov8"]["ms"]))
+            if args.part in ("ablation", "all") and threads == args.threads[0]:
+                entry["ablation"] = ablation(args)
+    if summary:
+        print_ratio_summary("VFNet head + postprocess against YOLOv8's (peer)", summary)
+    results.write()
