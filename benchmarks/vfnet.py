@@ -43,7 +43,6 @@ from sightkit.ops import box_convert
 from sightkit.tasks.detect import (
     CocoEvaluate,
     DetectConfig,
-    build_criterion,
     build_datasets,
     collate_for,
     weights_metadata,
@@ -85,7 +84,7 @@ def train_variant(name: str, args: argparse.Namespace) -> dict[str, float]:
     )
     train_set, val_set = build_datasets(config)
     model = create_model(model_name, num_classes=len(train_set.categories), **overrides)
-    criterion = build_criterion(model, len(train_set.categories), config)
+    criterion = model.build_criterion(**({"eos_coef": config.eos_coef} if model.no_object_class else {}))
     assert val_set is not None  # the benchmark data has a val split
     trainer = Trainer(
         model,
