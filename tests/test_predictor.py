@@ -56,7 +56,7 @@ def test_load_names_the_task_and_refuses_other_files(detector: Path, tmp_path: P
     (tmp_path / "x.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         sightkit.load(tmp_path / "x.safetensors")
-    with pytest.raises(TypeError, match="detect predictors take the options conf, top_k; got colour"):
+    with pytest.raises(TypeError, match="detect predictors take the options conf, precision, top_k; got colour"):
         predictor(np.zeros((8, 8, 3), np.uint8), colour="red")
     with pytest.raises(ValueError, match="on_error must be one of skip, stop, got 'ignore'"):
         predictor(np.zeros((8, 8, 3), np.uint8), on_error="ignore")
@@ -238,3 +238,26 @@ def test_detections_chain_into_pose(tmp_path: Path) -> None:
         Console(file=io.StringIO()),
     )
     assert -1 <= metrics["AP"] <= 1
+
+
+def test_precision_runs_the_model_under_bf16_autocast(tmp_path: Path) -> None:
+    _, weights = tiny_weights("unet_r18_tiny", tmp_path / "w.safetensors")
+    predictor = sightkit.load(weights, "cpu")
+    image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    (full,) = predictor(image)
+    (half,) = predictor(image, precision="bf16")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the same network call by hand
+        inputs = predictor.preprocess([_frame(image)], predictor.settings())
+        logits = predictor.model(inputs["images"])
+    assert logits.dtype == torch.bfloat16
+    (by_hand,) = predictor.postprocess(logits, inputs, [_frame(image)], predictor.settings())
+    np.testing.assert_array_equal(half.masks, by_hand.masks)
+    assert (half.masks == full.masks).mean() > 0.9  # bf16 keeps 8 bits of mantissa: nearly the same classes
+    with pytest.raises(ValueError, match="precision must be one of"):
+        predictor(image, precision="fp8")
+
+
+def _frame(image: np.ndarray) -> object:
+    from sightkit.data.sources import Frame
+
+    return Frame(image=image, path="image0")

@@ -72,6 +72,7 @@ def with_defaults(**defaults: Any) -> Any:
 
 
 DEVICE_HELP = "cpu, cuda, cuda:K ('' : cuda if available)"
+PRECISION_HELP = "inference precision: fp32 or bf16 (autocast; fast on CPUs with AVX512-BF16/AMX and Ampere+ GPUs)"
 
 
 @dataclasses.dataclass
@@ -86,6 +87,7 @@ class EvalConfig:
     batch: int = setting(8, "images per forward pass")
     device: str = setting("", DEVICE_HELP)
     workers: int = setting(0, "DataLoader worker processes")
+    precision: str = setting("fp32", PRECISION_HELP)
 
 
 @dataclasses.dataclass
@@ -100,6 +102,7 @@ class PredictConfig:
     device: str = setting("", DEVICE_HELP)
     on_error: str = setting("skip", "an unreadable file: skip (reported, counted) or stop")
     save: bool = setting(True, "draw the predictions into pictures (or a video) in out")
+    precision: str = setting("fp32", PRECISION_HELP)
 
 
 def parse_pairs(tokens: Sequence[str]) -> dict[str, str]:

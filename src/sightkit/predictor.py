@@ -32,12 +32,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sightkit._api import export
+from sightkit.engine.precision import autocast_context, check_precision
 
 if TYPE_CHECKING:
     from sightkit.data.sources import Frame
     from sightkit.results import Results
 
 ON_ERROR = ("skip", "stop")
+#: Options every task's predictor takes: ``precision`` ("fp32" or "bf16", autocast around the model call).
+COMMON_OPTIONS: dict[str, Any] = {"precision": "fp32"}
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
@@ -140,12 +143,15 @@ class Predictor:
         Raises:
             TypeError: a name that is not one of the task's options.
         """
-        unknown = sorted(set(given) - set(self.options))
+        options = {**COMMON_OPTIONS, **self.options}
+        unknown = sorted(set(given) - set(options))
         if unknown:
             raise TypeError(
-                f"{self.task} predictors take the options {', '.join(sorted(self.options))}; got {', '.join(unknown)}"
+                f"{self.task} predictors take the options {', '.join(sorted(options))}; got {', '.join(unknown)}"
             )
-        return {**self.options, **{k: v for k, v in given.items() if v is not None}}
+        settings = {**options, **{k: v for k, v in given.items() if v is not None}}
+        check_precision(settings["precision"])
+        return settings
 
     def _stream(
         self, source: Any, batch: int, on_error: str, progress: bool | None, settings: dict[str, Any]
@@ -183,7 +189,8 @@ class Predictor:
     def predict_frames(self, frames: Sequence[Frame], settings: dict[str, Any]) -> list[Results]:
         """The results of one batch of frames (``settings`` as :meth:`settings` returns them)."""
         inputs = self.preprocess(frames, settings)
-        outputs = self.forward(inputs)
+        with autocast_context(settings["precision"], self.device):  # the model call only: postprocessing in float32
+            outputs = self.forward(inputs)
         return self.postprocess(outputs, inputs, frames, settings)
 
     def preprocess(self, frames: Sequence[Frame], settings: dict[str, Any]) -> Any:

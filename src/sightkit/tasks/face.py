@@ -264,29 +264,24 @@ class FacePredictor(Predictor):
         return settings
 
     def preprocess(self, frames: Sequence[Any], settings: dict[str, Any]) -> dict[str, Any]:
-        detector = settings["detector"]
+        detector, faces = settings["detector"], None
         if not detector:
             crops = torch.stack([face_crop(image_tensor(f), self.imgsz, None) for f in frames])
-            return {"crops": normalise_face(crops, self.mean, self.std).to(self.device), "faces": None}
-        faces = detector.predict_frames(frames, detector.settings(conf=settings["conf"]))
-        crops = []
-        for frame, found in zip(frames, faces, strict=True):
-            landmarks = torch.from_numpy(found.landmarks).double() - 0.5  # alignment puts pixel centres at integers
-            image = image_tensor(frame)[None].float()
-            crops.append(align_faces(image, landmarks, self.imgsz, torch.zeros(len(landmarks), dtype=torch.long))[0])
-        crops = torch.cat(crops) if crops else torch.zeros(0, 3, self.imgsz, self.imgsz)
-        return {"crops": normalise_face(crops, self.mean, self.std).to(self.device), "faces": faces}
+        else:
+            faces = detector.predict_frames(frames, detector.settings(conf=settings["conf"]))
+            aligned = []
+            for frame, found in zip(frames, faces, strict=True):
+                landmarks = torch.from_numpy(found.landmarks).double() - 0.5  # alignment puts pixel centres at integers
+                image, index = image_tensor(frame)[None].float(), torch.zeros(len(landmarks), dtype=torch.long)
+                aligned.append(align_faces(image, landmarks, self.imgsz, index)[0])
+            crops = torch.cat(aligned) if aligned else torch.zeros(0, 3, self.imgsz, self.imgsz)
+        crops = normalise_face(crops, self.mean, self.std).to(self.device)
+        return {"crops": crops, "faces": faces, "flip": settings["flip"]}
 
     def forward(self, inputs: dict[str, Any]) -> Tensor:
         if not len(inputs["crops"]):
             return inputs["crops"].new_zeros(0, self.model.num_features)
-        return embed_faces(self.model, inputs["crops"], flip=inputs.get("flip", True))
-
-    def predict_frames(self, frames: Sequence[Any], settings: dict[str, Any]) -> list[Results]:
-        inputs = self.preprocess(frames, settings)
-        inputs["flip"] = settings["flip"]
-        with torch.inference_mode():
-            return self.postprocess(self.forward(inputs), inputs, frames, settings)
+        return embed_faces(self.model, inputs["crops"], flip=inputs["flip"])
 
     def postprocess(
         self, outputs: Tensor, inputs: dict[str, Any], frames: Sequence[Any], settings: dict[str, Any]

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from sightkit._api import export
 from sightkit.engine.distributed import init_distributed, is_main_process
+from sightkit.engine.precision import autocast_context, check_precision
 from sightkit.engine.trainer import Trainer
 from sightkit.predictor import Predictor, resolve_device, weights_file
 from sightkit.tasks.common import read_metadata
@@ -127,7 +128,8 @@ def evaluate(config: Any, console: Console | None = None, task: str | Task | Non
     predictor = load_for(task, config.weights, config.device)
     plan = task.eval_plan(config, predictor)
     loader = DataLoader(plan.dataset, batch_size=config.batch, num_workers=config.workers, collate_fn=plan.collate)
-    with Progress(console=console, transient=True) as progress:
+    precision = autocast_context(check_precision(config.precision), predictor.device)
+    with Progress(console=console, transient=True) as progress, precision:
         metrics = plan.evaluate(predictor.model, loader, progress)
     out = Path(config.out) if config.out else Path(config.weights).parent / plan.folder
     out.mkdir(parents=True, exist_ok=True)
@@ -198,8 +200,9 @@ def predict(config: Any, console: Console | None = None, task: str | Task | None
     results, coco, count = [], [], 0
     with (out / JSON_LINES).open("w") as lines:
         stream = predictor(
-            config.source, stream=True, batch=config.batch, conf=config.conf, on_error=config.on_error, **options
-        )
+            config.source, stream=True, batch=config.batch, conf=config.conf, on_error=config.on_error,
+            precision=config.precision, **options,
+        )  # fmt: skip
         for result in stream:
             count += 1
             lines.write(result.to_json() + "\n")
