@@ -5,7 +5,11 @@ prediction tensors into COCO records (``update``); pycocotools gets the records 
 the ratio understates sightkit's advantage a little. The 12 summary numbers must agree.
 
     python -m benchmarks coco_eval [--images 500] [--categories 20] [--gt-per-image 8]
-                                   [--dets-per-image 12] [--repeats 3] [--seed 0]
+                                   [--dets-per-image 12] [--repeats 3] [--seed 0] [--threads 1 2]
+
+At each ``--threads`` count of torch intra-op threads (default 1 and 2; both evaluators are
+single-threaded C++/Python, so the count mostly shows the load); figures in
+``benchmarks/results/coco_eval.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary, ratio
 from benchmarks._timing import median_time
 from sightkit.eval import CocoEvaluator
 
@@ -100,6 +105,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--dets-per-image", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
 
     gt, predictions, records = make_case(
@@ -111,12 +117,20 @@ def main(argv: list[str]) -> None:
     )
     ours = run_sightkit(gt, predictions)
     reference = run_pycocotools(gt, records)
-    t_ours = median_time(lambda: run_sightkit(gt, predictions), repeats=args.repeats, warmup=0)
-    t_ref = median_time(lambda: run_pycocotools(gt, records), repeats=args.repeats, warmup=0)
-    print(f"sightkit CocoEvaluator (faster-coco-eval): {t_ours * 1e3:9.1f} ms")
-    print(f"pycocotools COCOeval:                      {t_ref * 1e3:9.1f} ms")
-    print(f"speed-up: {t_ref / t_ours:.2f}x")
-    print(
-        f"AP {ours[0]:.4f} (pycocotools {reference[0]:.4f}); "
-        f"max |difference| over the 12 numbers: {np.abs(np.subtract(ours, reference)).max():.2e}"
-    )
+    results, summary = Results("coco_eval", args), []
+    for threads in args.threads:
+        with results.at(threads) as entry:
+            t_ours = median_time(lambda: run_sightkit(gt, predictions), repeats=args.repeats, warmup=0)
+            t_ref = median_time(lambda: run_pycocotools(gt, records), repeats=args.repeats, warmup=0)
+            print(f"sightkit CocoEvaluator (faster-coco-eval): {t_ours * 1e3:9.1f} ms")
+            print(f"pycocotools COCOeval:                      {t_ref * 1e3:9.1f} ms")
+            print(f"speed-up: {t_ref / t_ours:.2f}x")
+            summary.append(("CocoEvaluator vs pycocotools", threads, t_ours * 1e3, t_ref * 1e3))
+            entry.update(
+                {"ours_ms": round(t_ours * 1e3, 1), "peer_ms": round(t_ref * 1e3, 1), "ratio": ratio(t_ref, t_ours)}
+            )
+    difference = float(np.abs(np.subtract(ours, reference)).max())
+    print(f"AP {ours[0]:.4f} (pycocotools {reference[0]:.4f}); max |difference| over the 12 numbers: {difference:.2e}")
+    results.data["agreement"] = {"AP": ours[0], "AP_pycocotools": reference[0], "max_difference": difference}
+    print_ratio_summary("COCO evaluation", summary)
+    results.write()
