@@ -14,17 +14,34 @@ def test_table_comes_from_the_results_file(tmp_path: Path) -> None:
     record = {
         "benchmark": "matcher",
         "command": "python -m benchmarks matcher --threads 1 2",
-        "conditions": {"threads": [1, 2], "load": 0.5},
-        "rows": [{"threads": 1, "ours ms": 12.5, "peer ms": 364.75, "ratio": 29.18}, {"threads": 2, "ratio": 8}],
+        "started": "2026-12-06T07:35:21+00:00",
+        "machine": {"cpus": 2, "cpu": "EPYC", "cuda": None},
+        "runs": [
+            {"threads": 1, "load_before": [0.5, 1, 1], "b16": {"ours": {"ms": 12.5}, "peer": {"ms": 364.75}}},
+            {
+                "threads": 2,
+                "load_before": [0.7, 1, 1],
+                "b16": {"ours": {"ms": 10}},
+                "ratio": 8,
+                "load_after": [1, 1, 1],
+            },
+        ],
     }
     (tmp_path / "matcher.json").write_text(json.dumps(record))
-    text = hook.render("matcher", tmp_path)
-    lines = text.splitlines()
-    assert lines[0] == "Measured threads: 1 / 2, load: 0.5."
-    assert lines[2] == "| threads | ours ms | peer ms | ratio |"
-    assert lines[4] == "| 1 | 12.5 | 364.8 | 29.18 |"
-    assert lines[5] == "| 2 |  |  | 8 |"  # a cell a row lacks stays empty
+    lines = hook.render("matcher", tmp_path).splitlines()
+    assert lines[0].startswith("Measured date: 2026-12-06, machine: 2 CPUs (EPYC);")
+    assert lines[2] == "| threads | load | case | ours.ms | peer.ms | ratio |"
+    assert lines[4] == "| 1 | 0.5 | b16 | 12.5 | 364.8 |  |"  # four significant digits; a missing cell stays empty
+    assert lines[5] == "| 2 | 0.7 | b16 | 10 |  |  |"
+    assert lines[6] == "| 2 | 0.7 |  |  |  | 8 |"  # a run's scalars form their own row
     assert "python -m benchmarks matcher --threads 1 2" in lines[-1]
+
+
+def test_a_list_of_rows_gives_one_row_per_item(tmp_path: Path) -> None:
+    record = {"runs": [{"threads": 1, "rows": [{"family": "detr", "s": 1.5}, {"family": "dino", "s": 2}]}]}
+    (tmp_path / "w.json").write_text(json.dumps(record))
+    lines = hook.render("w", tmp_path).splitlines()
+    assert lines[:4] == ["| threads | family | s |", "|---|---|---|", "| 1 | detr | 1.5 |", "| 1 | dino | 2 |"]
 
 
 def test_marker_is_replaced_and_a_missing_file_says_so(tmp_path: Path, monkeypatch) -> None:
