@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,10 +179,16 @@ def run_demo(config: DemoConfig) -> None:
     console.print(f"the commands     {script}")
 
 
-def _validation_samples(data: Path, folder: Path, count: int) -> Path:
-    """Copy the first ``count`` validation images into ``folder`` (images the model never trained on)."""
+def _validation_samples(data: Path, folder: Path, count: int, enlarge: int = 3) -> Path:
+    """Copy the first ``count`` validation images (images the model never trained on) into
+    ``folder``, ``enlarge`` times larger: the pictures of 96 px images would be too small to
+    read their labels, and the model resizes its input to ``imgsz`` anyway."""
+    from PIL import Image
+
     records = json.loads((data / "annotations" / "val.json").read_text())["images"][:count]
     folder.mkdir(parents=True, exist_ok=True)
     for record in records:
-        shutil.copy(data / "images" / record["file_name"], folder / Path(record["file_name"]).name)
+        with Image.open(data / "images" / record["file_name"]) as image:
+            large = image.resize((image.width * enlarge, image.height * enlarge), Image.Resampling.BICUBIC)
+            large.save(folder / (Path(record["file_name"]).stem + ".png"))
     return folder
