@@ -12,10 +12,13 @@ from engine_toys import Regression, collate, criterion, make_model
 
 from sightkit.engine import RunFolderBusy, RunLock, TrainConfig, Trainer, remove_stale_temporaries
 
+# What RunLock.acquire does in a first run, without importing sightkit (seconds on a busy machine).
 HOLDER = """
-import sys, time
-from sightkit.engine import RunLock
-lock = RunLock(sys.argv[1]).acquire()
+import fcntl, os, socket, sys, time
+os.makedirs(sys.argv[1], exist_ok=True)
+handle = os.open(os.path.join(sys.argv[1], ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.write(handle, f"{os.getpid()} {socket.gethostname()}\\n".encode())
 print("locked", flush=True)
 time.sleep(120)
 """
