@@ -171,3 +171,12 @@ def test_progress_lines_without_a_terminal_carry_rate_and_eta_and_the_run_ends_w
         f"curves.png, TensorBoard events (tensorboard --logdir {run})"
     )
     assert lines[-1] == f"next: sightkit eval detect weights={run}/best.safetensors data='runs/data/my shapes'"
+
+
+def test_the_evaluation_line_shows_placeholders_as_a_dash(tmp_path, capsys) -> None:
+    def evaluate(model, loader) -> dict[str, float]:
+        return {"AP": 0.25, "APl": -1.0, "val_loss": -1.0}
+
+    _fit(_config(tmp_path, progress=True, steps=2, best_metric="AP", best_mode="max"), evaluate=evaluate)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval step")]
+    assert lines[-1] == "eval step 2: AP 0.25  APl -  val_loss -1"

@@ -140,7 +140,7 @@ class MetricsLog:
         for key, value in record.items():
             if key in ("step", "epoch") or not _is_number(value) or not math.isfinite(value):
                 continue
-            if _is_placeholder(key, value):
+            if is_placeholder(key, value):
                 continue
             self._writer.add_scalar(f"{kind}/{key}", value, step)
         self._writer.flush()
@@ -171,7 +171,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _is_placeholder(key: str, value: float) -> bool:
+def is_placeholder(key: str, value: float) -> bool:
     """COCO writes -1 for an AP or AR it cannot compute (no object of that size): not a value."""
     return key.startswith(("AP", "AR")) and value < 0
 
@@ -191,7 +191,7 @@ def _series(records: list[Mapping[str, Any]], key: str) -> list[tuple[float, flo
     return [
         (r["step"], r[key])
         for r in records
-        if _is_number(r.get(key)) and math.isfinite(r[key]) and not _is_placeholder(key, r[key])
+        if _is_number(r.get(key)) and math.isfinite(r[key]) and not is_placeholder(key, r[key])
     ]
 
 

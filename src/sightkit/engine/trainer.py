@@ -80,7 +80,7 @@ from sightkit.engine.distributed import (
     reduce_sum,
     unwrap_model,
 )
-from sightkit.engine.metrics import CSV_NAME, EVENTS_PREFIX, MetricsLog, ProgressBar, plot_curves
+from sightkit.engine.metrics import CSV_NAME, EVENTS_PREFIX, MetricsLog, ProgressBar, is_placeholder, plot_curves
 from sightkit.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from sightkit.engine.rank_local import rank_local_state, restore_rank_local
 from sightkit.engine.run_folder import LOCK, RunLock, remove_stale_temporaries
@@ -300,7 +300,8 @@ class _ReplaceUnreadable(Dataset):
 
 
 def _stats_line(values: Mapping[str, float]) -> str:
-    return "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+    # COCO's -1 (no object of that size) is shown as "-", not as a score.
+    return "  ".join(f"{k} {'-' if is_placeholder(k, v) else format(v, '.4g')}" for k, v in values.items())
 
 
 @export("engine.Trainer")
