@@ -1,7 +1,9 @@
 """Verification metrics of 10^6 pairs: sightkit.eval.face against scikit-learn's ``roc_curve``
 and insightface's k-fold accuracy.
 
-``python -m benchmarks face_verification [--pairs 1000000] [--repeats 3]``
+``python -m benchmarks face_verification [--pairs 1000000] [--repeats 3] [--threads 1 2]``
+
+At each ``--threads`` count (default 1 and 2); figures in ``benchmarks/results/face_verification.json``.
 
 Scores of same-person pairs ~ N(0.5, 0.15), of impostors ~ N(0.1, 0.15), 10% same-person.
 
@@ -19,11 +21,11 @@ as its step, so insightface's may be slightly lower).
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 import torch
 
+from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary
 from benchmarks._timing import median_time
 from sightkit.eval import kfold_accuracy, roc_curve, tar_at_far
 
@@ -56,34 +58,48 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks face_verification", description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     labels = torch.rand(args.pairs, generator=g) < 0.1
     scores = torch.where(labels, 0.5, 0.1) + 0.15 * torch.randn(args.pairs, generator=g, dtype=torch.float64)
     scores_np, labels_np = scores.numpy(), labels.numpy()
-    print(f"{args.pairs} pairs ({int(labels.sum())} same), 1 thread, load average {os.getloadavg()[0]:.1f}")
+    print(f"{args.pairs} pairs ({int(labels.sum())} same)")
 
-    ours_roc = median_time(lambda: (roc_curve(scores, labels), tar_at_far(scores, labels, FARS)), args.repeats)
-    peer_roc = median_time(lambda: sklearn_tar_at_far(scores_np, labels_np), args.repeats)
-    ours_tar = {far: tar for far, (tar, _) in tar_at_far(scores, labels, FARS).items()}
-    peer_tar = sklearn_tar_at_far(scores_np, labels_np)
-    gap = max(abs(ours_tar[f] - peer_tar[f]) for f in FARS)
-    print(
-        f"ROC + TAR@FAR  ours {ours_roc * 1e3:8.1f} ms   scikit-learn {peer_roc * 1e3:8.1f} ms   "
-        f"ratio ours/peer {ours_roc / peer_roc:5.2f}   max |TAR difference| {gap:.1e}"
-    )
-    print("               " + "  ".join(f"TAR@{f:g} {ours_tar[f]:.4f}" for f in FARS))
+    results, summary = Results("face_verification", args), []
+    for threads in args.threads:
+        with results.at(threads) as entry:
+            ours_roc = median_time(lambda: (roc_curve(scores, labels), tar_at_far(scores, labels, FARS)), args.repeats)
+            peer_roc = median_time(lambda: sklearn_tar_at_far(scores_np, labels_np), args.repeats)
+            ours_tar = {far: tar for far, (tar, _) in tar_at_far(scores, labels, FARS).items()}
+            peer_tar = sklearn_tar_at_far(scores_np, labels_np)
+            gap = max(abs(ours_tar[f] - peer_tar[f]) for f in FARS)
+            print(
+                f"ROC + TAR@FAR  ours {ours_roc * 1e3:8.1f} ms   scikit-learn {peer_roc * 1e3:8.1f} ms   "
+                f"ratio ours/peer {ours_roc / peer_roc:5.2f}   max |TAR difference| {gap:.1e}"
+            )
+            print("               " + "  ".join(f"TAR@{f:g} {ours_tar[f]:.4f}" for f in FARS))
+            summary.append(("ROC + TAR@FAR vs scikit-learn", threads, ours_roc * 1e3, peer_roc * 1e3))
+            entry["roc"] = {
+                "ours_ms": round(ours_roc * 1e3, 1),
+                "peer_ms": round(peer_roc * 1e3, 1),
+                "max_tar_gap": gap,
+            }
 
-    ours_kfold = median_time(lambda: kfold_accuracy(scores, labels), args.repeats)
-    peer_kfold = median_time(lambda: insightface_kfold_accuracy(scores_np, labels_np), 1, warmup=0)
-    ours_accuracy = kfold_accuracy(scores, labels)["accuracy"]
-    peer_accuracy = insightface_kfold_accuracy(scores_np, labels_np)
-    print(
-        f"10-fold acc.   ours {ours_kfold * 1e3:8.1f} ms   insightface {peer_kfold * 1e3:8.1f} ms   "
-        f"ratio ours/peer {ours_kfold / peer_kfold:5.3f}   accuracy ours {ours_accuracy:.5f} "
-        f"insightface {peer_accuracy:.5f}"
-    )
+            ours_kfold = median_time(lambda: kfold_accuracy(scores, labels), args.repeats)
+            peer_kfold = median_time(lambda: insightface_kfold_accuracy(scores_np, labels_np), 1, warmup=0)
+            ours_accuracy = kfold_accuracy(scores, labels)["accuracy"]
+            peer_accuracy = insightface_kfold_accuracy(scores_np, labels_np)
+            print(
+                f"10-fold acc.   ours {ours_kfold * 1e3:8.1f} ms   insightface {peer_kfold * 1e3:8.1f} ms   "
+                f"ratio ours/peer {ours_kfold / peer_kfold:5.3f}   accuracy ours {ours_accuracy:.5f} "
+                f"insightface {peer_accuracy:.5f}"
+            )
+
+            summary.append(("10-fold accuracy vs insightface", threads, ours_kfold * 1e3, peer_kfold * 1e3))
+            entry["kfold"] = {"ours_ms": round(ours_kfold * 1e3, 1), "peer_ms": round(peer_kfold * 1e3, 1)}
+    print_ratio_summary("face verification metrics", sorted(summary, key=lambda row: row[0]))
+    results.write()
 
 
 if __name__ == "__main__":
