@@ -23,10 +23,12 @@ def tiny_model(name: str) -> tuple[nn.Module, dict[str, str]]:
     metadata its task's training would write."""
     task = model_task(name)
     if task == "detect":
-        model = create_model(name, num_classes=2)
+        # Queries beyond the encoder's tokens on these small pictures are refused (DINO's 900 at R50).
+        overrides = {"num_queries": 20} if getattr(create_model(name, num_classes=2), "num_queries", 0) > 100 else {}
+        model = create_model(name, num_classes=2, **overrides)
         metadata = {
-            "model_args": "{}", "classes": json.dumps(["person", "ball"]), "category_ids": json.dumps([1, 7]),
-            "imgsz": "64", "max_size": "96",
+            "model_args": json.dumps(overrides), "classes": json.dumps(["person", "ball"]),
+            "category_ids": json.dumps([1, 7]), "imgsz": "64", "max_size": "96",
         }  # fmt: skip
     elif task == "pose":
         model = create_model(name, num_keypoints=17, upsample="deconv")
