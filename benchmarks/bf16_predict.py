@@ -103,7 +103,7 @@ def main(argv: list[str]) -> None:
         predictor = load_for(get_task("detect"), weights, "cpu")
         images_dir = Path(args.data) / "images"
         names = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-        frames = [Frame(np.asarray(Image.open(p).convert("RGB")), str(p)) for p in names[: args.images]]
+        frames = [Frame(np.array(Image.open(p).convert("RGB")), str(p)) for p in names[: args.images]]
         print(f"\n{predictor.name} ({weights}): {len(frames)} images, batch {args.batch}, median of {args.repeats}")
         accuracy: dict[str, object] = {}
         for threads in args.threads:
