@@ -95,7 +95,8 @@ class Results:
         self.name = name
         self.data: dict[str, Any] = {
             "benchmark": name,
-            "command": " ".join(["python -m benchmarks", name, *sys.argv[2:]]) if sys.argv[1:2] == [name] else None,
+            # the command line as given, or the benchmark's name alone when run by ``python -m benchmarks all``
+            "command": " ".join(["python -m benchmarks", name, *(sys.argv[2:] if sys.argv[1:2] == [name] else [])]),
             "arguments": {key: value for key, value in vars(args).items()} if args is not None else {},
             "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": machine(),
