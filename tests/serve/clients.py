@@ -6,12 +6,17 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import torch
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from sightkit.serve.app import graceful_server
+from tests.tasks.tiny import tiny_weights
 
 
 def local_client(app: FastAPI, **kwargs: object) -> TestClient:
@@ -52,3 +57,15 @@ def multipart(fields: dict[str, str], files: list[tuple[str, str, bytes]]) -> tu
         head = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
         parts.append(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n")
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def face_detector_weights(path: Path, bias: float) -> Path:
+    """Random face_detector_tiny weights whose every anchor scores ``sigmoid(bias)``: faces
+    everywhere (bias > 0) or nowhere (bias < 0), whatever the image."""
+    tiny_weights("face_detector_tiny", path, seed=7)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    tensors["cls_head.bias"] = torch.full_like(tensors["cls_head.bias"], bias)
+    save_file(tensors, str(path), metadata=metadata)
+    return path

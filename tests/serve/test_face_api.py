@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from sightkit.models.face import embed_faces
 from sightkit.serve.app import create_app
@@ -19,8 +17,7 @@ from sightkit.serve.config import ServeConfig
 from sightkit.serve.gallery import GalleryMismatchError
 from sightkit.tasks.face import load_embedder
 from sightkit.tasks.face_gallery import find_faces
-from tests.serve.clients import local_client
-from tests.tasks.tiny import tiny_weights
+from tests.serve.clients import face_detector_weights, local_client
 
 PNG = Callable[[int, int, int], bytes]
 KEY = {"X-API-Key": "s3cret"}
@@ -178,18 +175,6 @@ def test_the_gallery_refuses_another_embedder(face_weights: Path, tmp_path: Path
     SQLiteGallery(tmp_path / "g.db", "mobilefacenet_tiny sha256:0", 128).close()
     with pytest.raises(GalleryMismatchError, match="embeddings of different models cannot be compared"):
         create_app(ServeConfig(face_weights=str(face_weights), gallery=str(tmp_path / "g.db")))
-
-
-def face_detector_weights(path: Path, bias: float) -> Path:
-    """Random face_detector_tiny weights whose every anchor scores ``sigmoid(bias)``: faces
-    everywhere (bias > 0) or nowhere (bias < 0), whatever the image."""
-    tiny_weights("face_detector_tiny", path, seed=7)
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-    tensors = load_file(str(path))
-    tensors["cls_head.bias"] = torch.full_like(tensors["cls_head.bias"], bias)
-    save_file(tensors, str(path), metadata=metadata)
-    return path
 
 
 def test_without_landmarks_the_face_detector_finds_and_aligns_faces(
