@@ -32,6 +32,7 @@ _INSTANCE_FIELDS: tuple[tuple[str, type, tuple[int | None, ...]], ...] = (
     ("labels", np.int64, ()),
     ("keypoints", np.float32, (None, 3)),
     ("landmarks", np.float32, (5, 2)),
+    ("head_pose", np.float32, (3,)),
     ("embeddings", np.float32, (None,)),
 )
 
@@ -58,6 +59,8 @@ class Results:
             ``None`` to write the label index itself.
         keypoints: float32 ``[N, K, 3]`` as (x, y, score) in pixels.
         landmarks: float32 ``[N, 5, 2]`` face landmarks (eyes, nose, mouth corners) in pixels.
+        head_pose: float32 ``[N, 3]`` (yaw, pitch, roll) of each face in radians, from its
+            landmarks (:func:`sightkit.ops.head_pose`); NaN where they coincide.
         masks: int64 ``[H, W]`` class map (label index per pixel; 0 is the background).
         embeddings: float32 ``[N, D]`` (L2-normalised for faces).
         extra: anything else a task returns; :meth:`plot` reads ``"skeleton"`` (1-based
@@ -76,6 +79,7 @@ class Results:
     category_ids: list[int] | None = None
     keypoints: np.ndarray | None = None
     landmarks: np.ndarray | None = None
+    head_pose: np.ndarray | None = None
     masks: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -189,13 +193,14 @@ class Results:
 
         The class map is blended in with a legend of its classes; boxes are outlined in a
         colour per class with ``"name score"``; keypoints and limbs are coloured by body
-        side (left orange, right blue, middle green); landmarks are dots.
+        side (left orange, right blue, middle green); landmarks are dots, and the head pose
+        short x, y, z axes (red, green, blue) from the nose tip.
 
         Args:
             conf: leave out instances scoring below it (all are drawn when ``None``).
         """
         from sightkit.tasks.draw import PALETTE, plot_class_map, plot_detections
-        from sightkit.tasks.draw_faces import plot_landmarks
+        from sightkit.tasks.draw_faces import plot_head_pose, plot_landmarks
         from sightkit.tasks.draw_pose import plot_poses
 
         picture = self.image
@@ -218,6 +223,8 @@ class Results:
             picture = plot_poses(picture, self.keypoints[keep], skeleton, names, None, self.extra.get("threshold", 0.3))
         if self.landmarks is not None and keep is not None:
             picture = plot_landmarks(picture, self.landmarks[keep])
+            if self.head_pose is not None:
+                picture = plot_head_pose(picture, self.landmarks[keep], self.head_pose[keep])
         return picture if picture is not self.image else self.image.copy()
 
     def _keypoint_layout(self) -> tuple[list[str], list[list[int]]]:
@@ -254,6 +261,7 @@ class Results:
         Keys: ``path`` and ``frame``, then those of the fields present: ``boxes``
         (``[[x1, y1, x2, y2], ...]``), ``scores``, ``labels``, ``names`` (one per instance),
         ``keypoints`` (``[[[x, y, score], ...K], ...N]``), ``landmarks`` (``[[[x, y], ...5], ...]``),
+        ``head_pose`` (``[[yaw, pitch, roll], ...]`` radians, 4 decimals, ``null`` for NaN),
         ``embeddings``, and for a class map ``masks``: one record per class present,
         ``{"label", "name", "size": [H, W], "counts"}`` with COCO's compressed RLE
         (``pycocotools.mask.decode`` reads it back).
@@ -274,6 +282,9 @@ class Results:
             record["keypoints"] = points.tolist()
         if self.landmarks is not None:
             record["landmarks"] = _rounded(self.landmarks, PIXEL_DECIMALS)
+        if self.head_pose is not None:
+            angles = np.round(self.head_pose.astype(np.float64), SCORE_DECIMALS)
+            record["head_pose"] = [[None if np.isnan(a) else a for a in face] for face in angles.tolist()]
         if self.embeddings is not None:
             record["embeddings"] = _rounded(self.embeddings, EMBEDDING_DECIMALS)
         if self.masks is not None:

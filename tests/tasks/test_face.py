@@ -112,7 +112,7 @@ def test_gallery_search_thresholds_and_round_trip(tmp_path: Path) -> None:
     names = ["ann", "ann", "bob", "cy"]
     gallery = FaceGallery(names, embeddings, "w.safetensors", {0.1: 0.5})
     query = torch.tensor([[0.0, 0.96, 0.28]])
-    assert gallery.search(query, top_k=3) == [
+    assert gallery.search(query, top_k=3, match="best") == [
         [("bob", pytest.approx(0.96)), ("ann", pytest.approx(0.768)), ("cy", pytest.approx(0.28))]
     ]
     path = gallery.save(tmp_path / "g.safetensors")

@@ -6,6 +6,7 @@ and 1:1 verification with a trained face embedder (``sightkit train face``).
     sightkit face enroll DIR weights=runs/face/train/best.safetensors      # DIR/NAME/*.png
     sightkit face identify IMAGE gallery=DIR/gallery.safetensors far=1e-3
     sightkit face verify IMG1 IMG2 gallery=DIR/gallery.safetensors far=1e-3   # or threshold=0.4
+    sightkit face verify IMG name=PERSON gallery=DIR/gallery.safetensors    # against an enrolled person
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ def identify_command(
 @face_app.command("verify", epilog=_keys(VerifyConfig))
 def verify_command(
     first: Annotated[str, typer.Argument(help="the first face image")],
-    second: Annotated[str, typer.Argument(help="the second face image")],
+    second: Annotated[str, typer.Argument(help="the second face image, or a key=value (then give name=)")] = "",
     settings: Settings = None,
 ) -> None:
-    """Cosine similarity of two faces and the same-person decision."""
-    run({"verify": (VerifyConfig, verify)}, "MODE", "verify", [f"first={first}", f"second={second}", *(settings or [])])
+    """Cosine similarity of two faces (or of a face with an enrolled person, name=) and the same-person decision."""
+    keys = list(settings or [])
+    if second:  # without a second image, typer hands the first key=value to `second`
+        keys.insert(0, second if "=" in second else f"second={second}")
+    run({"verify": (VerifyConfig, verify)}, "MODE", "verify", [f"first={first}", *keys])

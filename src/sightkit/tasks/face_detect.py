@@ -37,6 +37,7 @@ from sightkit.engine.checkpoint import load_weights
 from sightkit.eval.coco import CocoEvaluator
 from sightkit.losses.face_detection import FaceDetectionCriterion
 from sightkit.models.face_detector import FaceDetector, face_detector_postprocess
+from sightkit.ops.head_pose import head_pose
 from sightkit.predictor import Predictor, frame_results, image_tensor, pad_images
 from sightkit.results import Results
 from sightkit.tasks import runner
@@ -137,7 +138,8 @@ class FaceBoxAP:
 @export("tasks.FaceDetectPredictor")
 class FaceDetectPredictor(Predictor):
     """Face detector weights, called on images: ``Results`` with ``boxes`` (``xyxy`` pixels of
-    the original image), ``scores``, ``landmarks`` ``[N, 5, 2]`` and ``labels`` (0, "face").
+    the original image), ``scores``, ``landmarks`` ``[N, 5, 2]``, ``head_pose`` ``[N, 3]`` (yaw,
+    pitch, roll in radians from the landmarks, :func:`sightkit.ops.head_pose`) and ``labels`` (0, "face").
 
     Option ``conf``: the lowest face score kept (default 0.5).
     """
@@ -181,6 +183,7 @@ class FaceDetectPredictor(Predictor):
                 boxes=f["boxes"],
                 scores=f["scores"],
                 landmarks=f["landmarks"],
+                head_pose=head_pose(f["landmarks"].float()),
                 labels=torch.zeros(len(f["scores"]), dtype=torch.long),
             )
             for frame, f in zip(frames, found, strict=True)
@@ -188,13 +191,15 @@ class FaceDetectPredictor(Predictor):
 
     def detect(self, images: Tensor, score_threshold: float | None = None) -> list[dict[str, Tensor]]:
         """Faces of uint8 (or 0-255 float) images ``[B, 3, H, W]`` like :meth:`sightkit.models.MTCNN.detect`:
-        per image ``boxes`` ``[K, 4]``, ``scores`` ``[K]`` and ``landmarks`` ``[K, 5, 2]`` in its pixels."""
+        per image ``boxes`` ``[K, 4]``, ``scores`` ``[K]``, ``landmarks`` ``[K, 5, 2]`` in its pixels and
+        ``head_pose`` ``[K, 3]``."""
         results = self(images.to(torch.uint8).cpu(), conf=score_threshold, progress=False)
         return [
             {
                 "boxes": torch.from_numpy(r.boxes),
                 "scores": torch.from_numpy(r.scores),
                 "landmarks": torch.from_numpy(r.landmarks),
+                "head_pose": torch.from_numpy(r.head_pose),
             }
             for r in results
         ]
