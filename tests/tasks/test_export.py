@@ -185,7 +185,7 @@ def _export(function, weights: Path, out: Path) -> tuple[Path, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["vfnet_r18_tiny", "dino_r18_tiny"])
+@pytest.mark.parametrize("name", ["vfnet_r18_tiny", "detr_r18_tiny"])
 def test_onnx_detector_is_one_file_with_metadata_and_the_pytorch_results(name: str, tmp_path: Path) -> None:
     weights = _detector_weights(name, tmp_path / "w.safetensors")
     path, console = _export(export_onnx, weights, tmp_path / "out" / "m.onnx")
@@ -239,6 +239,20 @@ def test_onnx_segmenter_gives_the_pytorch_masks(tmp_path: Path) -> None:
         (want,), (got,) = reference(image), deployed(image)
         assert (got.masks == want.masks).mean() > 0.999  # a pixel on a near-tie may flip
         assert got.masks.shape == image.shape[:2] and len(np.unique(want.masks)) > 1
+
+
+@pytest.mark.slow
+def test_onnx_pose_model_gives_the_pytorch_keypoints(tmp_path: Path) -> None:
+    _, weights = tiny_weights("rle_r18_tiny", tmp_path / "pose.safetensors")
+    path, _ = _export(export_onnx, weights, tmp_path / "pose.onnx")
+    reference, deployed = sightkit.load(weights, "cpu"), sightkit.load(path)
+    assert type(deployed) is type(reference)
+    boxes = np.array([[5.0, 4.0, 60.0, 70.0, 0.9], [40.0, 10.0, 90.0, 66.0, 0.8]])
+    for image in _images(2):
+        (want,), (got,) = reference(image, boxes=boxes), deployed(image, boxes=boxes)
+        assert len(want) == 2
+        np.testing.assert_allclose(got.keypoints, want.keypoints, atol=1e-3, rtol=0)
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow

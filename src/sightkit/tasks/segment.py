@@ -332,7 +332,7 @@ class SegmentTask(Task):
         return SegmentPredictor(model, metadata, device)
 
     def export_spec(self, predictor: SegmentPredictor, imgsz: int = 0) -> ExportSpec:
-        """The model, an example ``images`` [1, 3, S, S] (normalised, ``S`` the size rounded up to
+        """The model, an example ``images`` [2, 3, S, S] (normalised, ``S`` the size rounded up to
         a multiple of 32) and dynamic batch, height and width (multiples of 32); the output is
         ``logits`` [B, K, H, W]."""
         side = math.ceil((imgsz or predictor.imgsz) / STRIDE) * STRIDE
@@ -341,7 +341,7 @@ class SegmentTask(Task):
         return ExportSpec(
             module=predictor.model,
             name=predictor.name,
-            inputs={"images": torch.randn(1, 3, side, side)},
+            inputs={"images": torch.randn(2, 3, side, side)},  # 2: a batch of 1 would be specialised
             output_names=["logits"],
             dynamic_shapes={"images": {0: batch, 2: STRIDE * height, 3: STRIDE * width}},
         )
