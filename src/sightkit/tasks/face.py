@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from sightkit._api import export
 from sightkit.config import EvalConfig, PredictConfig, setting, with_defaults
+from sightkit.data.face_augment import FaceAugment
 from sightkit.data.faces import (
     FACE_MEAN,
     FACE_STD,
@@ -85,6 +86,11 @@ class FaceConfig(TaskConfig):
     m3: float = setting(0.0, "CosFace additive cosine margin (e.g. 0.4 with m2=0)")
     sample_rate: float = setting(1.0, "Partial FC: fraction of class centres per step")
     flip: bool = setting(True, "add the mirrored crop's embedding at evaluation")
+    augment: dict[str, float] = setting(  # noqa: RUF009  (a default_factory: each config gets its own dict)
+        factory=dict,
+        help="one-to-many augmentation of training faces, probability per group: {pose: 0.5, illumination: 0.5, "
+        "occlusion: 0.3, expression: 0.2} (strengths too: turn, gamma, erase, ...; {} : off)",
+    )
 
 
 @export("tasks.FaceEvalConfig")
@@ -225,7 +231,8 @@ def build_datasets(config: FaceConfig, imgsz: int) -> tuple[FaceFolder, FaceFold
             f"data=runs/data/faces/recognition) or point data= at a folder with train/, test/ and pairs.txt"
         )
     landmarks = _inside(config.data, config.landmarks)
-    train = FaceFolder(data / config.train_split, imgsz, landmarks, train=True)
+    augment = FaceAugment.from_mapping(config.augment)  # sightkit.data.face_augment; training only
+    train = FaceFolder(data / config.train_split, imgsz, landmarks, train=True, augment=augment)
     if not config.pairs:
         return train, None, None
     pairs = read_lfw_pairs(data / config.pairs, data / config.val_split)
