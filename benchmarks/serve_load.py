@@ -194,5 +194,5 @@ def main(argv: list[str]) -> None:
             f"{count:>3} clients: throughput on/off {ratio:.2f}x; "
             f"p99 with batching {p99[('on', count)] / single:.2f}x single"
         )
-    same = answers["on"]["results"][0]["detections"] == answers["off"]["results"][0]["detections"]
+    same = answers["on"]["results"][0]["boxes"] == answers["off"]["results"][0]["boxes"]
     print(f"answers of one image equal with batching on and off: {same}")

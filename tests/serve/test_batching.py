@@ -89,11 +89,16 @@ def test_infer_runs_in_another_thread_under_inference_mode() -> None:
     assert seen["thread"].startswith("sightkit-infer")
 
 
-def test_an_error_fails_its_batch_only_and_the_batcher_goes_on() -> None:
+def test_an_error_fails_only_the_item_that_fails_alone_and_the_batcher_goes_on() -> None:
+    """A batch that raises is computed again one item at a time: the bad item's request gets the
+    error, its batch-mate its answer (it got the bad item's error before)."""
+    calls: list[list[int]] = []
+
     def infer(items: list[int]) -> list[int]:
+        calls.append(list(items))
         if -1 in items:
             raise RuntimeError("bad item in batch")
-        return items
+        return [2 * item for item in items]
 
     async def main() -> tuple[list[object], int]:
         batcher = DynamicBatcher(infer, max_batch=2, max_wait_ms=200)
@@ -103,21 +108,22 @@ def test_an_error_fails_its_batch_only_and_the_batcher_goes_on() -> None:
         await batcher.close()
         return first, after
 
-    first, after = run(main())
-    assert all(isinstance(error, RuntimeError) and "bad item" in str(error) for error in first)
-    assert after == 7
+    (error, answer), after = run(main())
+    assert isinstance(error, RuntimeError) and "bad item" in str(error)
+    assert (answer, after) == (10, 14)
+    assert calls == [[-1, 5], [-1], [5], [7]]
 
 
 def test_a_wrong_number_of_results_is_an_error() -> None:
     async def main() -> None:
-        batcher = DynamicBatcher(lambda items: items[:1], max_batch=2, max_wait_ms=200)
+        batcher = DynamicBatcher(lambda items: [*items, 0], max_batch=2, max_wait_ms=200)
         await batcher.start()
         try:
             await asyncio.gather(batcher.submit(1), batcher.submit(2))
         finally:
             await batcher.close()
 
-    with pytest.raises(RuntimeError, match="returned 1 results for a batch of 2"):
+    with pytest.raises(RuntimeError, match="returned 2 results for a batch of 1"):
         run(main())
 
 

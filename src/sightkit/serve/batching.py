@@ -54,8 +54,9 @@ class DynamicBatcher(Generic[Item, Result]):
 
     Args:
         infer: ``infer(items) -> results``, one result per item in order; called in the
-            inference thread under :func:`torch.inference_mode`. An exception fails every
-            request of that batch (with that exception).
+            inference thread under :func:`torch.inference_mode`. When a batch of several
+            raises, each of its items is computed again alone, so that only the requests
+            that fail alone get the exception (one bad image does not fail its batch-mates).
         max_batch: most items per call of ``infer`` (1 turns batching off).
         max_wait_ms: longest time an item waits for others to join its batch, counted from
             its arrival.
@@ -155,26 +156,47 @@ class DynamicBatcher(Generic[Item, Result]):
             self._executor.shutdown(wait=False)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._closed:
             batch = await self._next_batch()
             if not batch:
                 continue
             start = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._executor, self._infer, [p.item for p in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"infer returned {len(results)} results for a batch of {len(batch)}")
+                results = await self._compute(batch)
             except Exception as error:
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
+                if len(batch) > 1:
+                    await self._one_by_one(batch)
+                else:
+                    self._fail(batch, error)
             else:
                 for pending, result in zip(batch, results, strict=True):
                     if not pending.future.done():
                         pending.future.set_result(result)
             if self.on_batch is not None:
                 self.on_batch(len(batch), time.perf_counter() - start)
+
+    async def _compute(self, batch: list[_Pending[Item, Result]]) -> Sequence[Result]:
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._executor, self._infer, [p.item for p in batch])
+        if len(results) != len(batch):
+            raise RuntimeError(f"infer returned {len(results)} results for a batch of {len(batch)}")
+        return results
+
+    async def _one_by_one(self, batch: list[_Pending[Item, Result]]) -> None:
+        for pending in batch:
+            try:
+                (result,) = await self._compute([pending])
+            except Exception as error:
+                self._fail([pending], error)
+            else:
+                if not pending.future.done():
+                    pending.future.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[_Pending[Item, Result]], error: Exception) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)
 
     async def _next_batch(self) -> list[_Pending[Item, Result]]:
         # The deque holds the items and the event only signals arrivals, so a timed-out wait

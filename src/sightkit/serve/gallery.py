@@ -7,21 +7,30 @@ makes a committed enrolment durable even across a power cut, so nothing acknowle
 client is lost. Schema::
 
     gallery_info(key TEXT PRIMARY KEY, value TEXT)   -- the embedder and its dimension
-    faces(id INTEGER PRIMARY KEY, name TEXT, embedding BLOB, source TEXT, created REAL)
+    faces(id INTEGER PRIMARY KEY, name TEXT, embedding BLOB, source TEXT, created REAL, weight REAL)
 
 Embeddings are stored as little-endian float32 blobs of the L2-normalised vectors. The
 gallery remembers which embedder wrote them: embeddings of two models are not comparable,
 so opening a gallery with another embedder is an error rather than silent nonsense.
 
-Identification scores a query against each identity by the cosine similarity of its best
-enrolled embedding, as ``sightkit face identify`` does (:meth:`sightkit.tasks.FaceGallery.search`),
-so that the server and the command line decide alike on the same faces. The embeddings are
-cached in memory and reread when the data changed, by this process or (seen through SQLite's
-``PRAGMA data_version``) by another.
+Identification scores a query against each identity by the cosine similarity with its
+*template* (``match="template"``: the ``weight``-weighted mean of its unit embeddings,
+re-normalised, :func:`sightkit.eval.pool_templates`; ``weight`` is the face's quality weight,
+:func:`sightkit.eval.quality_weights`), or with its best enrolled embedding (``match="best"``),
+as ``sightkit face identify`` does (:meth:`sightkit.tasks.FaceGallery.search`), so that the
+server and the command line decide alike on the same faces. Templates are derived from the
+rows with the rest of the cache, so an enrolment or a deletion changes them in the same step.
+The embeddings are cached in memory with an index of their identities (:class:`Entries`), built
+once when the file is read (not per request) and reread when the data changed, by this process or (seen
+through SQLite's ``PRAGMA data_version``) by another. A search is one float16 matrix product
+over every embedding and an exact float32 rescoring of the few identities near the top
+(:meth:`Entries.search`): one face against 100,000 identities of 512 numbers takes about as
+long as reading 100 MB from memory (``python -m benchmarks gallery_search``).
 """
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 import threading
 import time
@@ -35,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sightkit.eval.face_template import MODES, pool_templates
+
 #: Longest identity name accepted.
 MAX_NAME_LENGTH = 128
 
@@ -45,7 +56,8 @@ CREATE TABLE IF NOT EXISTS faces (
     name TEXT NOT NULL,
     embedding BLOB NOT NULL,
     source TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    weight REAL NOT NULL DEFAULT 1.0
 );
 CREATE INDEX IF NOT EXISTS faces_name ON faces(name);
 """
@@ -95,6 +107,8 @@ class Entries:
         owner: ``[G]`` int64, the index in ``identities`` of each embedding's person.
         coarse: ``[G, D]`` float16 copy of ``vectors``: half the bytes to stream per query, which
             is what bounds a search over a large gallery on a CPU.
+        weights: ``[G]`` float64 pooling weight of each embedding (its face's quality weight).
+        templates: ``[I, D]`` float32, unit length: each identity's weighted mean embedding.
     """
 
     names: list[str]
@@ -102,24 +116,35 @@ class Entries:
     identities: list[str]
     owner: Tensor
     coarse: Tensor
+    weights: Tensor
+    templates: Tensor
 
     @classmethod
-    def of(cls, names: list[str], vectors: Tensor) -> Entries:
+    def of(cls, names: list[str], vectors: Tensor, weights: Tensor | None = None) -> Entries:
         identities = sorted(set(names))
         position = {name: k for k, name in enumerate(identities)}  # a dict: linear, not identities.index per row
         owner = torch.tensor([position[name] for name in names], dtype=torch.long)
-        return cls(names, vectors, identities, owner, vectors.half())
+        weights = torch.ones(len(names), dtype=torch.float64) if weights is None else weights.double()
+        # Integer labels 0..I-1 keep pool_templates' identity order that of `identities`.
+        templates = pool_templates(vectors, owner, weights)[0] if names else vectors.new_zeros(0, vectors.shape[1])
+        return cls(names, vectors, identities, owner, vectors.half(), weights, templates)
+
+    def template(self, name: str) -> Tensor | None:
+        """The template ``[D]`` of ``name``, ``None`` when not enrolled."""
+        k = bisect.bisect_left(self.identities, name)
+        return self.templates[k] if k < len(self.identities) and self.identities[k] == name else None
 
     def best_per_identity(self, similarity: Tensor) -> Tensor:
         """``[M, I]``: for each query row of ``similarity [M, G]``, each identity's best score."""
         best = similarity.new_full((similarity.shape[0], len(self.identities)), -torch.inf)
         return best.scatter_reduce_(1, self.owner.expand_as(similarity), similarity, reduce="amax")
 
-    def search(self, queries: Tensor, top_k: int) -> list[list[tuple[str, float]]]:
-        """For each unit query ``[M, D]``, the ``top_k`` identities by the cosine of their best
-        embedding with it, best first, with float32 scores.
+    def search(self, queries: Tensor, top_k: int, match: str = "template") -> list[list[tuple[str, float]]]:
+        """For each unit query ``[M, D]``, the ``top_k`` identities by the cosine of their template
+        (``match="template"``: one float32 matrix product with the ``[I, D]`` templates) or of their
+        best embedding (``match="best"``) with it, best first, with float32 scores.
 
-        One float16 matrix product scores every embedding (``O(G D)`` bytes streamed once per
+        For the best embedding, one float16 matrix product scores every embedding (``O(G D)`` bytes streamed once per
         query batch, no Python loop over the gallery); the identities within
         :data:`COARSE_MARGIN` of the ``top_k``-th coarse score, a handful, are then rescored in
         float32, so that the answer is the exact float32 one.
@@ -127,6 +152,12 @@ class Entries:
         if not self.identities:
             return [[] for _ in range(queries.shape[0])]
         k = min(top_k, len(self.identities))
+        if match == "template":
+            scores, order = (queries.float() @ self.templates.T).topk(k, dim=1)
+            return [
+                [(self.identities[i], round(s, 6)) for s, i in zip(row_s, row_i, strict=True)]
+                for row_s, row_i in zip(scores.tolist(), order.tolist(), strict=True)
+            ]
         coarse = self.best_per_identity((queries.half() @ self.coarse.T).float())
         floor = coarse.topk(k, dim=1).values[:, -1:] - COARSE_MARGIN
         answers = []
@@ -172,6 +203,9 @@ class SQLiteGallery:
         with self._lock, self._transaction():
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(statement)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(faces)")}
+            if "weight" not in columns:  # a gallery written before templates: every face weighs 1
+                self._db.execute("ALTER TABLE faces ADD COLUMN weight REAL NOT NULL DEFAULT 1.0")
             stored = dict(self._db.execute("SELECT key, value FROM gallery_info").fetchall())
             if not stored:
                 self._db.executemany(
@@ -188,9 +222,12 @@ class SQLiteGallery:
 
     # ------------------------------------------------------------------ writes
 
-    def enroll(self, name: str, embeddings: Tensor, sources: list[str] | None = None) -> int:
-        """Add ``embeddings`` ``[N, D]`` (L2-normalised here) for ``name``; returns how many the
-        identity has now. All of them are added, or none if anything fails."""
+    def enroll(
+        self, name: str, embeddings: Tensor, sources: list[str] | None = None, weights: Tensor | None = None
+    ) -> int:
+        """Add ``embeddings`` ``[N, D]`` (L2-normalised here) for ``name``, with their pooling
+        ``weights`` ``[N]`` (finite, >= 0; ``None``: 1 each) in the person's template; returns how
+        many the identity has now. All of them are added, or none if anything fails."""
         name = check_name(name)
         if not isinstance(embeddings, Tensor) or embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
             got = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
@@ -202,11 +239,22 @@ class SQLiteGallery:
         sources = sources if sources is not None else [""] * embeddings.shape[0]
         if len(sources) != embeddings.shape[0]:
             raise ValueError(f"sources must have one entry per embedding ({embeddings.shape[0]}), got {len(sources)}")
+        weights = torch.ones(embeddings.shape[0]) if weights is None else weights
+        if not isinstance(weights, Tensor) or weights.shape != (embeddings.shape[0],):
+            got = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+            raise ValueError(f"weights must have shape [{embeddings.shape[0]}] (one per embedding), got {got}")
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise ValueError(f"weights must be finite and >= 0, got {weights.tolist()}")
         vectors = F.normalize(embeddings.detach().float().cpu(), dim=1).numpy().astype("<f4")
         now = time.time()
-        rows = [(name, vector.tobytes(), source, now) for vector, source in zip(vectors, sources, strict=True)]
+        rows = [
+            (name, vector.tobytes(), source, now, weight)
+            for vector, source, weight in zip(vectors, sources, weights.tolist(), strict=True)
+        ]
         with self._lock, self._transaction():
-            self._db.executemany("INSERT INTO faces(name, embedding, source, created) VALUES (?, ?, ?, ?)", rows)
+            self._db.executemany(
+                "INSERT INTO faces(name, embedding, source, created, weight) VALUES (?, ?, ?, ?, ?)", rows
+            )
             (count,) = self._db.execute("SELECT COUNT(*) FROM faces WHERE name = ?", (name,)).fetchone()
             self._entries = None
         return int(count)
@@ -243,15 +291,22 @@ class SQLiteGallery:
             rows = self._db.execute("SELECT embedding FROM faces WHERE name = ? ORDER BY id", (name,)).fetchall()
         return self._vectors(blob for (blob,) in rows)
 
-    def identify(self, embeddings: Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    def template_of(self, name: str) -> Tensor | None:
+        """The template ``[D]`` of ``name`` (the weighted mean of its unit embeddings), ``None`` when unknown."""
+        return self.entries().template(check_name(name))
+
+    def identify(self, embeddings: Tensor, top_k: int = 5, match: str = "template") -> list[list[tuple[str, float]]]:
         """For each query ``[M, D]``, the ``top_k`` identities by the cosine similarity of their
-        best enrolled embedding with the query, best first (:meth:`Entries.search`)."""
+        template (``match="template"``) or of their best enrolled embedding (``"best"``) with the
+        query, best first (:meth:`Entries.search`)."""
+        if match not in MODES:
+            raise ValueError(f"match must be one of {', '.join(MODES)}, got {match!r}")
         if not isinstance(embeddings, Tensor) or embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
             got = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
             raise ValueError(f"embeddings must have shape [M, {self.dim}], got {got}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-        return self.entries().search(F.normalize(embeddings.detach().float().cpu(), dim=1), top_k)
+        return self.entries().search(F.normalize(embeddings.detach().float().cpu(), dim=1), top_k, match)
 
     def close(self) -> None:
         with self._lock:
@@ -260,8 +315,9 @@ class SQLiteGallery:
     # ------------------------------------------------------------------ internals
 
     def _read_entries(self) -> Entries:
-        rows = self._db.execute("SELECT name, embedding FROM faces ORDER BY id").fetchall()
-        return Entries.of([name for name, _ in rows], self._vectors(blob for _, blob in rows))
+        rows = self._db.execute("SELECT name, embedding, weight FROM faces ORDER BY id").fetchall()
+        weights = torch.tensor([weight for _, _, weight in rows], dtype=torch.float64)
+        return Entries.of([name for name, _, _ in rows], self._vectors(blob for _, blob, _ in rows), weights)
 
     def _vectors(self, blobs: Iterable[bytes]) -> Tensor:
         joined = bytearray(b"".join(blobs))  # writable, as torch.from_numpy wants
