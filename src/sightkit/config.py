@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from PIL import Image
 
 T = TypeVar("T")
 
@@ -101,6 +102,9 @@ class PredictConfig:
     batch: int = setting(1, "images per forward pass")
     device: str = setting("", DEVICE_HELP)
     on_error: str = setting("skip", "an unreadable file: skip (reported, counted) or stop")
+    max_pixels: int = setting(
+        Image.MAX_IMAGE_PIXELS or 0, "largest width*height of an image read (larger: unreadable; 0: any)"
+    )
     save: bool = setting(True, "draw the predictions into pictures (or a video) in out")
     precision: str = setting("fp32", PRECISION_HELP)
 

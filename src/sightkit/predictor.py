@@ -105,6 +105,7 @@ class Predictor:
         conf: float | None = None,
         on_error: str = "skip",
         progress: bool | None = None,
+        max_pixels: int | None = None,
         **options: Any,
     ) -> list[Results] | Iterator[Results]:
         """Predict on every image or video frame of ``source``.
@@ -120,6 +121,8 @@ class Predictor:
             on_error: an unreadable file is ``"skip"``-ped (listed in :attr:`skipped`) or ``"stop"``-s
                 the call (:class:`~sightkit.data.sources.SourceError`).
             progress: show a progress bar (None: when the source has more than one file or is a video).
+            max_pixels: an image file or URL of more pixels is unreadable like a corrupt one
+                (``on_error``); ``None``: Pillow's limit; 0: none.
             options: the task's own options (:attr:`options`).
 
         Returns:
@@ -134,7 +137,7 @@ class Predictor:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
         settings = self.settings(conf=conf, **options)
-        results = self._stream(source, batch, on_error, progress, settings)
+        results = self._stream(source, batch, on_error, progress, settings, max_pixels)
         return results if stream else list(results)
 
     def settings(self, **given: Any) -> dict[str, Any]:
@@ -154,7 +157,13 @@ class Predictor:
         return settings
 
     def _stream(
-        self, source: Any, batch: int, on_error: str, progress: bool | None, settings: dict[str, Any]
+        self,
+        source: Any,
+        batch: int,
+        on_error: str,
+        progress: bool | None,
+        settings: dict[str, Any],
+        max_pixels: int | None = None,
     ) -> Iterator[Results]:
         from rich.progress import Progress
 
@@ -163,7 +172,7 @@ class Predictor:
         self.skipped = []
         total = count_source(source)
         show = progress if progress is not None else total is None or total > 1
-        frames = iter_source(source, on_error=on_error, report=self._skip)
+        frames = iter_source(source, on_error=on_error, report=self._skip, max_pixels=max_pixels)
         with Progress(transient=True, disable=not show) as bar:
             task = bar.add_task(f"{self.task}", total=total)
             while chunk := list(itertools.islice(frames, batch)):

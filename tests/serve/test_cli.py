@@ -97,7 +97,7 @@ def test_unusable_ports_hosts_galleries_and_keys_are_one_line(face_weights: Path
         gallery = tmp_path / "file" / "g.db"
     else:
         gallery = locked / "g.db"
-    one_line_error(serve(f"gallery={gallery}", f"port={free_port()}"), f"gallery={str(gallery)!r} cannot be created")
+    one_line_error(serve(f"gallery={gallery}", f"port={free_port()}"), f"gallery={str(gallery)!r} cannot be written")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

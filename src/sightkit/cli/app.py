@@ -92,7 +92,7 @@ def register_demo(holder: typer.Typer) -> None:
         settings: Annotated[list[str] | None, typer.Argument(help="key=value settings (listed below)")] = None,
     ) -> Any:
         """Train a small detector on synthetic shapes, evaluate it and draw its predictions into runs/demo."""
-        tasks.run({"demo": (DemoConfig, run_demo)}, "MODE", "demo", settings)
+        tasks.run({"demo": (DemoConfig, run_demo)}, "MODE", "demo", settings, outputs={"out": "folder"})
 
 
 def main() -> None:

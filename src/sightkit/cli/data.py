@@ -8,6 +8,7 @@ faces) in COCO format; ``sightkit data synth --help`` lists every key of every k
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +16,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from sightkit.cli.data_check import CheckConfig, check
-from sightkit.config import ConfigError, build_config, config_help
+from sightkit.cli.tasks import run
+from sightkit.config import ConfigError, config_help
 from sightkit.data.formats import LAYOUTS, convert_dataset, detect_layout
 from sightkit.data.synthetic.faces import FacesConfig, synthesize_faces
 from sightkit.data.synthetic.people import PeopleConfig, synthesize_people
@@ -52,21 +55,19 @@ def synth(
     settings: Annotated[list[str] | None, typer.Argument(help="key=value settings (listed below)")] = None,
 ) -> None:
     """Write a synthetic dataset with exact labels in COCO format (images/, annotations/)."""
-    console = Console()
-    if kind not in GENERATORS:
-        console.print(f"[bold red]error:[/] KIND must be one of {', '.join(GENERATORS)}, got {kind!r}")
-        raise typer.Exit(2)
-    config_class, generate = GENERATORS[kind]
-    try:
-        config: Any = build_config(config_class, settings or [])
-        paths = generate(config)
-    except (ConfigError, ValueError) as error:
-        console.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+    table = {
+        name: (config_class, functools.partial(_synthesize, name)) for name, (config_class, _) in GENERATORS.items()
+    }
+    run(table, "KIND", kind, settings, outputs={"out": "folder"})
+
+
+def _synthesize(kind: str, config: Any) -> None:
+    paths = GENERATORS[kind][1](config)
+    console = Console(soft_wrap=True, highlight=False)
     for name, path in paths.items():
-        console.print(f"  {name:<12} {path}")
-    console.print(f"wrote {config.images} {kind} images to [bold]{config.out}[/]")
-    console.print(f"check them with: sightkit data check {config.out}")
+        console.print(f"  {name:<12} {path}", markup=False)
+    console.print(Text.assemble(f"wrote {config.images} {kind} images to ", (str(config.out), "bold")))
+    console.print(f"check them with: sightkit data check {config.out}", markup=False)
 
 
 data_app.command(name="check", epilog=_keys("keys", CheckConfig))(check)
@@ -88,20 +89,29 @@ def convert(
     settings: Annotated[list[str] | None, typer.Argument(help="key=value settings (listed below)")] = None,
 ) -> None:
     """Convert a detection (or YOLO/COCO pose) dataset among the COCO, YOLO and Pascal VOC layouts."""
-    console = Console(soft_wrap=True)  # an error stays on one searchable line
-    try:
-        config = build_config(ConvertConfig, settings or [])
-        if not config.out or config.format not in LAYOUTS:
-            raise ConfigError(
-                f"out= and format= are required (format: {' | '.join(LAYOUTS)}); got out={config.out!r}, "
-                f"format={config.format!r}"
-            )
-        layout = detect_layout(source)
-        summary = convert_dataset(source, config.out, config.format, splits=config.splits or None, link=config.link)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        console.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+    run(
+        {"convert": (ConvertConfig, functools.partial(_convert, source))},
+        "MODE",
+        "convert",
+        settings,
+        {"out": "folder"},
+    )
+
+
+def _convert(source: str, config: ConvertConfig) -> None:
+    if not config.out or config.format not in LAYOUTS:
+        raise ConfigError(
+            f"out= and format= are required (format: {' | '.join(LAYOUTS)}); got out={config.out!r}, "
+            f"format={config.format!r}"
+        )
+    layout = detect_layout(source)
+    summary = convert_dataset(source, config.out, config.format, splits=config.splits or None, link=config.link)
+    console = Console(soft_wrap=True, highlight=False)
     for split, counts in summary["splits"].items():
-        console.print(f"  {split:<10} {counts['images']:>7} images {counts['annotations']:>8} annotations")
-    console.print(f"converted {layout} {source} to {config.format} in [bold]{config.out}[/]")
-    console.print(f"check it with: sightkit data check {config.out}")
+        console.print(
+            f"  {split:<10} {counts['images']:>7} images {counts['annotations']:>8} annotations", markup=False
+        )
+    console.print(
+        Text.assemble(f"converted {layout} {source} to {config.format} in ", (config.out, "bold")), soft_wrap=True
+    )
+    console.print(f"check it with: sightkit data check {config.out}", markup=False)

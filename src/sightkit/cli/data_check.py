@@ -11,9 +11,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
+from sightkit.cli.tasks import guarded
 from sightkit.config import ConfigError, build_config
-from sightkit.data.check import PROBLEM_KINDS, check_dataset
+from sightkit.data.check import PROBLEM_KINDS, CheckReport, check_dataset
 
 
 @dataclass
@@ -37,29 +39,26 @@ def check(
     settings: Annotated[list[str] | None, typer.Argument(help="key=value settings (listed below)")] = None,
 ) -> None:
     """Check a COCO, YOLO or Pascal VOC dataset (detection or keypoints) and its images; report every problem."""
-    console = Console()
-    try:
-        config = build_config(CheckConfig, settings or [])
-        if config.limit < 0:
-            raise ConfigError(f"limit must be >= 0, got {config.limit}")
-        report = check_dataset(
-            path,
-            images=config.images,
-            decode=config.decode,
-            workers=config.workers,
-            tolerance=config.tolerance,
-        )
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        console.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
-
+    report, config = guarded(lambda: _check(path, settings))
+    console = Console(highlight=False)
     for json_path, image_root in report.sources:
-        console.print(f"{json_path}: images read from {image_root}")
+        console.print(f"{json_path}: images read from {image_root}", markup=False)
     if report.ok:
         how = "decoded" if report.decoded else "headers read"
-        console.print(f"[green]no problems[/] in {report.images} images ({how}) and {report.annotations} annotations")
+        counts = f" in {report.images} images ({how}) and {report.annotations} annotations"
+        console.print(Text.assemble(("no problems", "green"), counts))
         return
     console.print(report.table(limit=config.limit or None))
     for kind, count in report.counts().items():
-        console.print(f"  {count:>6}  {kind}: {PROBLEM_KINDS[kind]}")
+        console.print(f"  {count:>6}  {kind}: {PROBLEM_KINDS[kind]}", markup=False)
     raise typer.Exit(1)
+
+
+def _check(path: str, settings: list[str] | None) -> tuple[CheckReport, CheckConfig]:
+    config = build_config(CheckConfig, settings or [])
+    if config.limit < 0:
+        raise ConfigError(f"limit must be >= 0, got {config.limit}")
+    report = check_dataset(
+        path, images=config.images, decode=config.decode, workers=config.workers, tolerance=config.tolerance
+    )
+    return report, config

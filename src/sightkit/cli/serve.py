@@ -8,10 +8,15 @@ import typer
 
 from sightkit.cli import tasks
 from sightkit.config import config_help
-from sightkit.serve.config import ServeConfig
+from sightkit.outputs import check_output
+from sightkit.serve.config import ServeConfig, check_config, read_api_key
 
 
 def run_serve(config: ServeConfig) -> None:
+    # Settings first, before uvicorn and the models load: a bad port, host or gallery is one line at once.
+    check_config(config, read_api_key(config))
+    if config.face_weights:
+        check_output(config.gallery, "gallery", "file")
     try:
         from sightkit.serve.app import run_server
     except ImportError as error:  # the serve extra is optional

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from sightkit.config import ConfigError, build_config, config_help
+from sightkit.config import build_config, config_help
 from sightkit.tasks.registry import MODES as TASK_MODES
 from sightkit.tasks.registry import get_task, list_tasks
 
@@ -52,27 +52,70 @@ def task_configs(mode: str) -> dict[str, type]:
     return {name: config for name, config in configs.items() if config is not None}
 
 
-def guarded(function: Callable[[], Any]) -> Any:
-    """Call ``function``; bad input (a config, value or missing-file error) prints one line
-    and exits with status 2 (``SIGHTKIT_DEBUG=1``: the traceback instead)."""
-    from rich.console import Console
+#: What each output key of a command names (:func:`sightkit.outputs.check_output`).
+Outputs = dict[str, str]
+#: The output of train, eval and predict: the run folder.
+RUN_FOLDER: Outputs = {"out": "folder"}
 
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that bad input or the machine cause, reported as one line: ``ValueError``
+    (with :class:`~sightkit.config.ConfigError`, :class:`~sightkit.data.sources.SourceError`,
+    :class:`~sightkit.weights.LayoutMismatchError`, a busy run folder), ``TypeError``,
+    ``OSError`` (a missing file, :class:`~sightkit.weights.WeightsUnavailableError`,
+    :class:`~sightkit.data.coco.ImageReadError`, a refused or full disk), ``ImportError`` (an
+    optional extra not installed) and :class:`~sightkit.engine.distributed.DistributedError`.
+    Imported only once an error happened: the engine imports torch."""
+    from sightkit.engine.distributed import DistributedError
+
+    return ValueError, TypeError, OSError, ImportError, DistributedError
+
+
+def report_error(error: BaseException) -> None:
+    """Print ``error`` on stderr as one line: its lines joined, never read as Rich markup (a
+    path such as ``photo [copy].jpg`` or ``data/[/x]`` is printed as it is), never wrapped."""
+    from rich.console import Console
+    from rich.text import Text
+
+    message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    Console(stderr=True, soft_wrap=True, highlight=False).print(Text.assemble(("error: ", "bold red"), message))
+
+
+def guarded(function: Callable[[], Any]) -> Any:
+    """Call ``function``; an error of :func:`user_errors` prints one line and exits with status 2
+    (``SIGHTKIT_DEBUG=1``: the traceback instead)."""
     try:
         return function()
-    except (ConfigError, ValueError, FileNotFoundError) as error:
-        if os.environ.get("SIGHTKIT_DEBUG"):
+    except Exception as error:
+        if os.environ.get("SIGHTKIT_DEBUG") or not isinstance(error, user_errors()):
             raise
-        # soft_wrap: one line however narrow the terminal, so the message stays searchable.
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", soft_wrap=True)
+        report_error(error)
         raise typer.Exit(2) from None
 
 
-def run(mode: Mode, what: str, choice: str, settings: list[str] | None) -> Any:
-    """Build the config of ``mode[choice]`` from ``settings`` and run it; bad input exits with 2."""
+def check_outputs(config: Any, outputs: Outputs) -> None:
+    """Check the output settings of ``config`` (``{key: "folder" | "file"}``) before any work;
+    an empty value (a default chosen later) is left to the command."""
+    from sightkit.outputs import check_output
+
+    for key, kind in outputs.items():
+        if getattr(config, key):
+            check_output(getattr(config, key), key, kind)
+
+
+def run(mode: Mode, what: str, choice: str, settings: list[str] | None, outputs: Outputs | None = None) -> Any:
+    """Build the config of ``mode[choice]`` from ``settings``, check its ``outputs`` and run it;
+    bad input exits with 2."""
     if choice not in mode:
         return guarded(lambda: _refuse(f"{what} must be one of {', '.join(mode)}, got {choice!r}"))
     config_class, function = mode[choice]
-    return guarded(lambda: function(build_config(config_class, settings or [])))
+
+    def go() -> Any:
+        config = build_config(config_class, settings or [])
+        check_outputs(config, outputs or {})
+        return function(config)
+
+    return guarded(go)
 
 
 def run_task(mode: str, task_name: str, settings: list[str] | None) -> Any:
@@ -89,6 +132,7 @@ def run_task(mode: str, task_name: str, settings: list[str] | None) -> Any:
             having = ", ".join(name for name in list_tasks() if getattr(get_task(name), TASK_MODES[mode]))
             raise ValueError(f"task {task_name!r} has no {mode} mode; tasks with one: {having}")
         config = build_config(config_class, settings or [])
+        check_outputs(config, RUN_FOLDER)
         return {"train": runner.train, "eval": runner.evaluate, "predict": runner.predict}[mode](config, task=task)
 
     return guarded(go)

@@ -10,13 +10,16 @@ Exit status: 0 on success, 2 when the source cannot be read or converted.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from sightkit.config import ConfigError, build_config, config_help
+from sightkit.cli.tasks import run
+from sightkit.config import ConfigError, config_help
 
 
 @dataclass
@@ -41,23 +44,22 @@ def import_command(
     settings: Annotated[list[str] | None, typer.Argument(help="key=value settings (listed below)")] = None,
 ) -> None:
     """Convert a public checkpoint into a sightkit weights file with full metadata."""
+    run({"import": (ImportConfig, functools.partial(_import, source))}, "MODE", "import", settings, {"out": "file"})
+
+
+def _import(source: str, config: ImportConfig) -> None:
     from sightkit.weights import import_weights
 
-    console = Console(soft_wrap=True)
-    try:
-        config = build_config(ImportConfig, settings or [])
-        if not config.out:
-            raise ConfigError("out= is required: the .safetensors weights file to write")
-        overrides = {k: str(v) for k, v in (("imgsz", config.imgsz), ("max_size", config.max_size)) if v}
-        summary = import_weights(source, config.out, model=config.model, **overrides)
-    except (ConfigError, FileNotFoundError, ValueError, ImportError) as error:
-        console.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+    if not config.out:
+        raise ConfigError("out= is required: the .safetensors weights file to write")
+    overrides = {k: str(v) for k, v in (("imgsz", config.imgsz), ("max_size", config.max_size)) if v}
+    summary = import_weights(source, config.out, model=config.model, **overrides)
     args = f" {summary['model_args']}" if summary["model_args"] else ""
-    console.print(
+    done = (
         f"{source} ({summary['family']}) -> {summary['model']}{args}: {summary['tensors']} tensors "
-        f"in {summary['seconds']:.1f} s, wrote [bold]{summary['out']}[/]"
+        f"in {summary['seconds']:.1f} s, wrote "
     )
+    Console(soft_wrap=True, highlight=False).print(Text.assemble(done, (str(summary["out"]), "bold")))
 
 
 @weights_app.command(name="list")

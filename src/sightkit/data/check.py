@@ -29,6 +29,7 @@ from typing import Any
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from sightkit._api import export
 from sightkit.data.formats import dataset_splits, detect_layout, load_split
@@ -113,7 +114,8 @@ class CheckReport:
         table.add_column("record", no_wrap=True)
         table.add_column("details", overflow="fold")
         for problem in shown:
-            table.add_row(problem.kind, problem.file, problem.record, problem.message)
+            # Text, not markup: a file named "photo [copy].jpg" is shown as it is.
+            table.add_row(*(Text(cell) for cell in (problem.kind, problem.file, problem.record, problem.message)))
         if len(shown) < len(self.problems):
             table.caption = f"{len(self.problems) - len(shown)} more problem(s) not shown"
         return table

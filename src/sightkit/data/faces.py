@@ -81,6 +81,8 @@ class FaceFolder(Dataset):
             which the trainer seeds per run and the DataLoader per worker: a run is repeatable.
             Images without landmarks are taken as aligned crops whose landmarks sit on the
             ArcFace template.
+        max_pixels: images of more pixels are refused (:func:`~sightkit.data.coco.read_image`;
+            ``None``: Pillow's limit; 0: none).
 
     A sample is ``(crop [3, size, size], {"label": identity index, "index": sample index})``.
 
@@ -97,8 +99,10 @@ class FaceFolder(Dataset):
         train: bool = False,
         files: Sequence[str | Path] | None = None,
         augment: FaceAugment | None = None,
+        max_pixels: int | None = None,
     ) -> None:
         self.root = Path(root)
+        self.max_pixels = max_pixels
         self.augment = augment if augment is not None and augment.enabled else None
         if not self.root.is_dir():
             raise FileNotFoundError(f"face folder {str(self.root)!r} does not exist (expected ROOT/NAME/*.png)")
@@ -132,7 +136,7 @@ class FaceFolder(Dataset):
         """Face images that are not in identity folders (every label is -1), e.g. for a query."""
         folder = cls.__new__(cls)
         folder.root, folder.size, folder.train, folder.classes, folder.augment = None, size, False, [], None
-        folder.samples = [(Path(p), -1) for p in files]
+        folder.samples, folder.max_pixels = [(Path(p), -1) for p in files], None
         folder.landmarks = read_landmarks(landmarks)
         folder._check_landmarks(landmarks)
         return folder
@@ -146,7 +150,7 @@ class FaceFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, int]]:
         path, label = self.samples[index]
-        image = read_image(path).as_subclass(Tensor)
+        image = read_image(path, max_pixels=self.max_pixels).as_subclass(Tensor)
         marks = self.landmarks.get(str(path.resolve()))
         if self.train and self.augment is not None:
             if marks is None:

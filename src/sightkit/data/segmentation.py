@@ -151,6 +151,8 @@ class SegmentationDataset(Dataset):
         transforms: called as ``transforms(image, target)``, e.g. :func:`segmentation_transforms`.
         ignore_index: the mask value of pixels without a label.
         keep_original: add the untransformed mask as ``target["orig_mask"]``.
+        max_pixels: images of more pixels are refused (:func:`~sightkit.data.coco.read_image`;
+            ``None``: Pillow's limit; 0: none).
 
     Attributes:
         classes: the class names; label ``k`` is ``classes[k]``.
@@ -164,6 +166,7 @@ class SegmentationDataset(Dataset):
         *,
         ignore_index: int = 255,
         keep_original: bool = False,
+        max_pixels: int | None = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -189,7 +192,7 @@ class SegmentationDataset(Dataset):
         self.split = split
         self.transforms = transforms
         self.ignore_index = ignore_index
-        self.keep_original = keep_original
+        self.keep_original, self.max_pixels = keep_original, max_pixels
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -212,7 +215,7 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         pair = self.pairs[index]
-        image = read_image(pair.image)
+        image = read_image(pair.image, max_pixels=self.max_pixels)
         labels = self.labels(index)
         if tuple(labels.shape) != tuple(image.shape[-2:]):
             raise ValueError(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from sightkit._api import export
-from sightkit.data.coco import ImageReadError, image_problem, read_image
+from sightkit.data.coco import ImageReadError, _pixel_limit, image_problem, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ def iter_source(
     report: Callable[[str, str], None] | None = None,
     *,
     timeout: float = URL_TIMEOUT,
+    max_pixels: int | None = None,
 ) -> Iterator[Frame]:
     """Stream the images of ``source`` as :class:`Frame` objects (uint8 ``[H, W, 3]`` RGB).
 
@@ -103,6 +104,9 @@ def iter_source(
         report: called as ``report(path, reason)`` for each skipped input; by default a
             warning is logged.
         timeout: seconds an image URL may take to answer.
+        max_pixels: an image file or URL of more pixels is unreadable (``on_error``), found from
+            its header before decoding; ``None``: Pillow's limit; 0: none (see
+            :func:`~sightkit.data.coco.read_image`).
 
     Raises:
         FileNotFoundError: a path that does not exist, a folder or glob with no images.
@@ -111,8 +115,9 @@ def iter_source(
     """
     if on_error not in ("skip", "stop"):
         raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}")
+    _pixel_limit(max_pixels)  # a bad limit is an error at once, not one per file
     items = _expand(source)
-    return _stream(items, on_error, report or _log_skipped, timeout)
+    return _stream(items, on_error, report or _log_skipped, timeout, max_pixels)
 
 
 @export("data.count_source")
@@ -254,16 +259,16 @@ def _check_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _stream(
-    items: Sequence[_Item], on_error: str, report: Callable[[str, str], None], timeout: float
+    items: Sequence[_Item], on_error: str, report: Callable[[str, str], None], timeout: float, max_pixels: int | None
 ) -> Iterator[Frame]:
     for item in items:
         try:
             if item.kind == "video" or (item.kind == "url" and _is_video(item.path)):
                 yield from _video_frames(item.path)
             elif item.kind == "url":
-                yield Frame(_decode_bytes(_fetch(item.path, timeout), item.path), item.path)
+                yield Frame(_decode_bytes(_fetch(item.path, timeout), item.path, max_pixels), item.path)
             elif item.kind == "image":
-                yield Frame(read_image_array(item.path), item.path)
+                yield Frame(read_image_array(item.path, max_pixels), item.path)
             else:
                 yield Frame(_to_rgb(item.value), item.path)
         except SourceError as error:
@@ -277,15 +282,16 @@ def _log_skipped(path: str, reason: str) -> None:
 
 
 @export("data.read_image_array")
-def read_image_array(path: str | Path) -> np.ndarray:
+def read_image_array(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as uint8 ``[H, W, 3]`` RGB with :func:`~sightkit.data.coco.read_image`
-    (truncated JPEG and PNG files and oversized images are refused, not decoded half grey).
+    (truncated JPEG and PNG files and images of more than ``max_pixels`` pixels are refused,
+    not decoded half grey).
 
     Raises:
         SourceError: the file is not a readable image.
     """
     try:
-        return read_image(path).permute(1, 2, 0).numpy()
+        return read_image(path, max_pixels=max_pixels).permute(1, 2, 0).numpy()
     except ImageReadError as error:
         raise SourceError(str(path), _reason(error, path)) from None
 
@@ -304,11 +310,9 @@ def _fetch(url: str, timeout: float) -> bytes:
         raise SourceError(url, f"could not fetch it ({getattr(error, 'reason', error)})") from None
 
 
-def _decode_bytes(data: bytes, path: str) -> np.ndarray:
+def _decode_bytes(data: bytes, path: str, max_pixels: int | None = None) -> np.ndarray:
     """Decode an encoded image with the checks and decoders of :func:`~sightkit.data.coco.read_image`."""
-    from PIL import Image
-
-    header = image_problem(data, Image.MAX_IMAGE_PIXELS or 0)
+    header = image_problem(data, _pixel_limit(max_pixels))
     if isinstance(header, str):
         raise SourceError(path, header)
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)

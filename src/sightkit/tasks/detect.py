@@ -165,13 +165,19 @@ def build_datasets(config: DetectConfig) -> tuple[CocoDetection, CocoDetection |
     normalise = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     images, train_json = dataset_files(config.data, config.train_split)
     train = CocoDetection(
-        images, train_json, detection_transforms("train", size=config.imgsz, max_size=config.max_size, **normalise)
+        images,
+        train_json,
+        detection_transforms("train", size=config.imgsz, max_size=config.max_size, **normalise),
+        max_pixels=config.max_pixels,
     )
     val = None
     if config.val_split:
         images, val_json = dataset_files(config.data, config.val_split)
         val = CocoDetection(
-            images, val_json, detection_transforms("eval", size=config.imgsz, max_size=config.max_size, **normalise)
+            images,
+            val_json,
+            detection_transforms("eval", size=config.imgsz, max_size=config.max_size, **normalise),
+            max_pixels=config.max_pixels,
         )
         if val.category_map.category_ids != train.category_map.category_ids:
             raise ValueError(

@@ -232,12 +232,14 @@ def build_datasets(config: FaceConfig, imgsz: int) -> tuple[FaceFolder, FaceFold
         )
     landmarks = _inside(config.data, config.landmarks)
     augment = FaceAugment.from_mapping(config.augment)  # sightkit.data.face_augment; training only
-    train = FaceFolder(data / config.train_split, imgsz, landmarks, train=True, augment=augment)
+    train = FaceFolder(
+        data / config.train_split, imgsz, landmarks, train=True, augment=augment, max_pixels=config.max_pixels
+    )
     if not config.pairs:
         return train, None, None
     pairs = read_lfw_pairs(data / config.pairs, data / config.val_split)
     files, indices, same, folds = pair_files(pairs)
-    val = FaceFolder(data / config.val_split, imgsz, landmarks, files=files)
+    val = FaceFolder(data / config.val_split, imgsz, landmarks, files=files, max_pixels=config.max_pixels)
     return train, val, PairEvaluate(indices, same, folds, config.flip)
 
 

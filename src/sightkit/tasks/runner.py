@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 from torch.utils.data import DataLoader
 
 from sightkit._api import export
@@ -136,7 +137,7 @@ def evaluate(config: Any, console: Console | None = None, task: str | Task | Non
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     console.print(metrics_table(metrics, plan.title))
     written = ["metrics.json", *plan.report(out, console)]
-    console.print(f"wrote {', '.join(written)} to [bold]{out}[/]")
+    console.print(Text.assemble(f"wrote {', '.join(written)} to ", (str(out), "bold")))
     return metrics
 
 
@@ -201,7 +202,7 @@ def predict(config: Any, console: Console | None = None, task: str | Task | None
     with (out / JSON_LINES).open("w") as lines:
         stream = predictor(
             config.source, stream=True, batch=config.batch, conf=config.conf, on_error=config.on_error,
-            precision=config.precision, **options,
+            precision=config.precision, max_pixels=config.max_pixels, **options,
         )  # fmt: skip
         for result in stream:
             count += 1
@@ -220,8 +221,12 @@ def predict(config: Any, console: Console | None = None, task: str | Task | None
         (out / COCO_RESULTS).write_text(json.dumps(coco))
         written.append(COCO_RESULTS)
     written += [path.name for path in videos.close()]
+    if not count and predictor.skipped and Path(config.source).is_file():
+        # One file that cannot be read is the command's failure, not a count of skipped files.
+        raise ValueError(f"source={config.source!r} is not a readable image or video: {predictor.skipped[0][1]}")
     for path, reason in predictor.skipped:
-        console.print(f"[yellow]skipped[/] {path}: {reason}", soft_wrap=True)
+        console.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"), soft_wrap=True)
     skipped = f"; skipped {len(predictor.skipped)} unreadable" if predictor.skipped else ""
-    console.print(f"{task.name}: {count} images or frames{skipped}; {', '.join(written)} in [bold]{out}[/]")
+    done = f"{task.name}: {count} images or frames{skipped}; {', '.join(written)} in "
+    console.print(Text.assemble(done, (str(out), "bold")))
     return results

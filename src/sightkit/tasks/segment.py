@@ -129,7 +129,13 @@ def build_datasets(config: SegmentConfig) -> tuple[SegmentationDataset, Segmenta
         ignore_index=config.ignore_index,
         **normalise,
     )
-    train = SegmentationDataset(config.data, config.train_split, train_transforms, ignore_index=config.ignore_index)
+    train = SegmentationDataset(
+        config.data,
+        config.train_split,
+        train_transforms,
+        ignore_index=config.ignore_index,
+        max_pixels=config.max_pixels,
+    )
     val = None
     if config.val_split:
         val = SegmentationDataset(
@@ -138,6 +144,7 @@ def build_datasets(config: SegmentConfig) -> tuple[SegmentationDataset, Segmenta
             segmentation_transforms("eval", size=config.imgsz, max_size=config.max_size or None, **normalise),
             ignore_index=config.ignore_index,
             keep_original=True,
+            max_pixels=config.max_pixels,
         )
         if val.classes != train.classes:
             raise ValueError(f"splits {config.train_split!r} and {config.val_split!r} name different classes")
