@@ -30,10 +30,14 @@ def test_identify_scores_each_identity_by_its_best_embedding(tmp_path: Path) -> 
     assert entries.owner.tolist() == [0, 0, 1]
     half = 1 / math.sqrt(2)
     torch.testing.assert_close(vectors, torch.tensor([[1.0, 0, 0], [half, half, 0], [0, 0, 1.0]]))
-    first, second = gallery.identify(torch.tensor([[1.0, 0, 0], [0, 1.0, 1.0]]), top_k=2)
+    first, second = gallery.identify(torch.tensor([[1.0, 0, 0], [0, 1.0, 1.0]]), top_k=2, match="best")
     assert first == [("alice", pytest.approx(1.0, abs=1e-6)), ("bob", pytest.approx(0.0, abs=1e-6))]
     assert second == [("bob", pytest.approx(half, abs=1e-6)), ("alice", pytest.approx(0.5, abs=1e-6))]
-    assert gallery.identify(torch.tensor([[1.0, 0, 0]]), top_k=1) == [[("alice", pytest.approx(1.0, abs=1e-6))]]
+    found = gallery.identify(torch.tensor([[1.0, 0, 0]]), top_k=1, match="best")
+    assert found == [[("alice", pytest.approx(1.0, abs=1e-6))]]
+    # Templates (the default): alice's is halfway between her two entries, 22.5 degrees from e1.
+    found = gallery.identify(torch.tensor([[1.0, 0, 0]]), top_k=2)
+    assert found == [[("alice", pytest.approx(math.cos(math.pi / 8), abs=1e-6)), ("bob", pytest.approx(0.0, abs=1e-6))]]
     assert gallery.identities() == {"alice": 2, "bob": 1}
 
 
@@ -141,7 +145,7 @@ def test_near_ties_are_ordered_by_their_exact_scores(tmp_path: Path) -> None:
     for name in random.Random(0).sample(sorted(cosines), len(cosines)):  # enrolled in no particular order
         c = cosines[name]
         gallery.enroll(name, torch.tensor([[c, math.sqrt(1 - c * c), 0.0]]))
-    (found,) = gallery.identify(torch.tensor([[1.0, 0.0, 0.0]]), top_k=5)
+    (found,) = gallery.identify(torch.tensor([[1.0, 0.0, 0.0]]), top_k=5, match="best")
     assert [name for name, _ in found] == ["p11", "p10", "p9", "p8", "p7"]
     assert [score for _, score in found] == pytest.approx([cosines[f"p{i}"] for i in (11, 10, 9, 8, 7)], abs=2e-7)
 
