@@ -270,6 +270,19 @@ def test_malformed_bodies_and_fields_are_4xx(face_app: FastAPI, png: PNG) -> Non
             "verify with neither": client.post("/v1/face/verify", files=[("image", ("a.png", png(8, 8, 1)))]),
             "delete an unknown name": client.delete("/v1/face/nobody"),
             "delete a control character": client.delete("/v1/face/a%07b"),
+            "delete a path": client.delete("/v1/face/..%2F..%2Fetc"),
+            "static outside its folder": client.get("/static/..%2F..%2Fapp.py"),
+            "100 form fields": client.post("/v1/face/identify", data={f"f{i}": "x" for i in range(100)}, files=image),
+            "40 files": client.post("/v1/face/identify", files=image * 40),
+            "a file name of 100000 characters": client.post(
+                "/v1/face/identify", files=[("images", ("a" * 100_000 + ".png", png(8, 8, 1), "image/png"))]
+            ),
+            "landmarks of 2 MB": client.post("/v1/face/identify", data={"landmarks": "[" * 2_000_000}, files=image),
+            "landmarks of 450001 numbers": client.post(
+                "/v1/face/identify", data={"landmarks": "[" + "0," * 450_000 + "0]"}, files=image
+            ),
+            "name of 1 MB": client.post("/v1/face/enroll", data={"name": "x" * 1_000_000}, files=image),
+            "top_k of 1e309": client.post("/v1/face/identify?top_k=1e309", files=image),
         }
         for case, answer in cases.items():
             assert 400 <= answer.status_code < 500, (case, answer.status_code, answer.text)
