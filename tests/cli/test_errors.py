@@ -244,3 +244,19 @@ def test_training_datasets_read_with_the_configs_max_pixels(shapes: Path, monkey
         build_config(task.train_config, [f"data={shapes}", "model=detr_r18_tiny", "max_pixels=0"])
     )
     assert unlimited.train_set[0][0].shape[0] == 3
+
+
+def test_data_check_shows_file_names_as_text(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    coco = {
+        "images": [{"id": 1, "file_name": "photo [copy].png", "width": 10, "height": 10}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+    (tmp_path / "annotations" / "train.json").write_text(json.dumps(coco))
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path)], env={"COLUMNS": "250"})
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "photo [copy].png" in result.output

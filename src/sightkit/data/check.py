@@ -115,7 +115,7 @@ class CheckReport:
         table.add_column("details", overflow="fold")
         for problem in shown:
             # Text, not markup: a file named "photo [copy].jpg" is shown as it is.
-            table.add_row(*(Text(cell) for cell in (problem.kind, problem.file, problem.record, problem.message)))
+            table.add_row(problem.kind, Text(problem.file), Text(problem.record), Text(problem.message))
         if len(shown) < len(self.problems):
             table.caption = f"{len(self.problems) - len(shown)} more problem(s) not shown"
         return table
