@@ -17,7 +17,7 @@ Two ``iresnet_tiny`` embedders (128-d, ``--size`` input) are trained from the sa
 step budget, batch and sample order, ArcFace (``losses.CombinedMarginLoss``, s = 32, m = 0.3)
 over a plain normalised classifier, SGD with a cosine schedule: one with random flips only (the
 insightface default), one with ``augment_face`` (pose 0.6, expression 0.3, illumination 0.5, occlusion 0.4)
-and one with the same but no pose group.
+and, on request, the same without the pose group or without the landmark jitter.
 
 Verification, every pair of test images, split by condition: clean pairs with ``|dyaw| < 0.2``,
 clean pairs with ``|dyaw| >= 0.4``, and all pairs with the second image occluded. Per condition:
@@ -62,6 +62,9 @@ TRAININGS = {
     "flip only": None,
     "augment_face": FaceAugment(pose=0.6, expression=0.3, illumination=0.5, occlusion=0.4),
     "no pose group": FaceAugment(expression=0.3, illumination=0.5, occlusion=0.4),
+    "pose, no jitter": FaceAugment(
+        pose=0.6, expression=0.3, illumination=0.5, occlusion=0.4, rotation=0.0, scale=0.0, shift=0.0
+    ),
 }
 
 
@@ -253,17 +256,17 @@ def main(argv: list[str]) -> None:
         results[name] = {**evaluate(backbone, clean, occluded, args.size, args.seed), "train_seconds": seconds}
         print(f"trained '{name}' in {seconds:.0f} s", flush=True)
     conditions = ("|dyaw|<0.2", "|dyaw|>=0.4", "occluded one side")
-    print(f"\n{'training':<14}{'condition':<20}{'10-fold acc':>14}{'TAR@FAR=1e-3':>14}{'same/diff pairs':>18}")
+    print(f"\n{'training':<16}{'condition':<20}{'10-fold acc':>14}{'TAR@FAR=1e-3':>14}{'same/diff pairs':>18}")
     for name, result in results.items():
         for condition in conditions:
             r = result[condition]
             accuracy = f"{r['accuracy']:.3f}±{r['std']:.3f}"
-            print(f"{name:<14}{condition:<20}{accuracy:>14}{r['tar@far=1e-3']:>14.3f}{r['same']:>9}/{r['different']}")
-    print(f"\n{'training':<14}{'identification (5 enrolled, 5 probes per person)':<50}{'rank-1':>8}")
+            print(f"{name:<16}{condition:<20}{accuracy:>14}{r['tar@far=1e-3']:>14.3f}{r['same']:>9}/{r['different']}")
+    print(f"\n{'training':<16}{'identification (5 enrolled, 5 probes per person)':<50}{'rank-1':>8}")
     for name, result in results.items():
         for key, value in result.items():
             if key.startswith("rank-1"):
-                print(f"{name:<14}{key[len('rank-1 ') :]:<50}{value:>8.3f}")
+                print(f"{name:<16}{key[len('rank-1 ') :]:<50}{value:>8.3f}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average now {os.getloadavg()[0]:.1f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
