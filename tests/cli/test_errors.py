@@ -260,3 +260,11 @@ def test_data_check_shows_file_names_as_text(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["data", "check", str(tmp_path)], env={"COLUMNS": "250"})
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "photo [copy].png" in result.output
+
+
+def test_face_enroll_and_identify_check_out_first(tmp_path: Path, a_file: Path) -> None:
+    # Neither the folder nor the weights exist: the output is refused first, before any embedding.
+    gallery = a_file / "gallery.safetensors"
+    one_line(invoke("face", "enroll", tmp_path / "people", "weights=none.safetensors", f"out={gallery}"), "out=")
+    result = invoke("face", "identify", tmp_path / "face.png", "gallery=g.safetensors", "out=/proc/sightkit-test")
+    one_line(result, "out='/proc/sightkit-test' cannot be written")

@@ -39,7 +39,8 @@ def enroll_command(
     folder: Annotated[str, typer.Argument(help="DIR/NAME/*.png, one folder per person")], settings: Settings = None
 ) -> None:
     """Embed every person's images into a gallery file with calibrated FAR thresholds."""
-    run({"enroll": (EnrollConfig, enroll)}, "MODE", "enroll", [f"folder={folder}", *(settings or [])])
+    keys = [f"folder={folder}", *(settings or [])]
+    run({"enroll": (EnrollConfig, enroll)}, "MODE", "enroll", keys, outputs={"out": "file"})
 
 
 @face_app.command("identify", epilog=_keys(IdentifyConfig))
@@ -47,7 +48,8 @@ def identify_command(
     image: Annotated[str, typer.Argument(help="a face image or a folder of them")], settings: Settings = None
 ) -> None:
     """Find who each face is among the gallery's people (unknown below the threshold)."""
-    run({"identify": (IdentifyConfig, identify)}, "MODE", "identify", [f"image={image}", *(settings or [])])
+    keys = [f"image={image}", *(settings or [])]
+    run({"identify": (IdentifyConfig, identify)}, "MODE", "identify", keys, outputs={"out": "folder"})
 
 
 @face_app.command("verify", epilog=_keys(VerifyConfig))
