@@ -115,6 +115,8 @@ class TopDownKeypoints(Dataset):
         min_score: detections scoring lower are left out.
         on_error: ``"raise"`` or ``"skip"`` (the sample becomes ``None``, which
             :func:`collate_topdown` drops) for unreadable images.
+        max_pixels: images of more pixels are unreadable (:func:`~sightkit.data.coco.read_image`;
+            ``None``: Pillow's limit; 0: none).
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class TopDownKeypoints(Dataset):
         min_keypoints: int = 1,
         min_score: float = 0.0,
         on_error: str = "raise",
+        max_pixels: int | None = None,
     ) -> None:
         if len(input_size) != 2 or min(input_size) < 1:
             raise ValueError(f"input_size must be (H, W) with positive sides, got {tuple(input_size)}")
@@ -157,7 +160,7 @@ class TopDownKeypoints(Dataset):
         )
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255
-        self.on_error = on_error
+        self.on_error, self.max_pixels = on_error, max_pixels
         self.skipped = 0
         self.uses_detections = boxes is not None
         self.people = self._detected(boxes, min_score) if boxes is not None else self._ground_truth()
@@ -230,7 +233,7 @@ class TopDownKeypoints(Dataset):
         record = self.coco.records[person.record]
         path = self.coco.root / record.file_name
         try:
-            image = read_image(path)
+            image = read_image(path, max_pixels=self.max_pixels)
         except ImageReadError as error:
             if self.on_error == "raise":
                 raise

@@ -232,13 +232,13 @@ class FaceDetectTask(Task):
         images, annotations = dataset_files(config.data, config.train_split)
         probe = CocoKeypoints(images, annotations)
         sizes = {"size": config.imgsz, "max_size": config.max_size}
-        train_set = CocoKeypoints(
-            images, annotations, detection_transforms("train", flip_pairs=probe.flip_pairs, **sizes, **normalise)
-        )
+        train_transforms = detection_transforms("train", flip_pairs=probe.flip_pairs, **sizes, **normalise)
+        train_set = CocoKeypoints(images, annotations, train_transforms, max_pixels=config.max_pixels)
         val_set, evaluate = None, None
         if config.val_split:
             val_images, val_annotations = dataset_files(config.data, config.val_split)
-            val_set = CocoKeypoints(val_images, val_annotations, detection_transforms("eval", **sizes, **normalise))
+            val_transforms = detection_transforms("eval", **sizes, **normalise)
+            val_set = CocoKeypoints(val_images, val_annotations, val_transforms, max_pixels=config.max_pixels)
             evaluate = FaceBoxAP(val_annotations, val_set.category_map.category_ids, config.score_threshold)
         model = build_model(TASK, config.model)
         criterion = FaceDetectionCriterion(model.stride)
