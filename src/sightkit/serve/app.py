@@ -123,6 +123,7 @@ class Server:
             )
             self.batchers["predict"] = self._batcher(self.predictor.name, self.predictor.infer, self.predictor.group)
         if config.face_weights:
+            from sightkit.eval.face_quality import QualityThresholds
             from sightkit.serve.face import FaceService
 
             self.face = FaceService(
@@ -132,6 +133,7 @@ class Server:
                 threshold=config.face_threshold,
                 detector=config.face_detector,
                 wheel=config.wheel,
+                quality=QualityThresholds(config.min_face, config.max_yaw, config.min_sharpness, config.min_score),
             )
             self.batchers["face"] = self._batcher(self.face.name, self.face.infer)
             if self.face.detector is not None:

@@ -8,6 +8,7 @@ user): it comes from ``api_key_file`` or the ``SIGHTKIT_API_KEY`` environment va
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,10 @@ class ServeConfig:
     conf: float = field(default=0.5, metadata=_help("default score threshold of /v1/predict (a query may set it)"))
     top_k: int = field(default=100, metadata=_help("most detections per image"))
     face_threshold: float = field(default=0.4, metadata=_help("cosine similarity at which two faces are the same"))
+    min_face: float = field(default=0.0, metadata=_help("skip faces smaller than this many pixels (aligned side)"))
+    max_yaw: float = field(default=math.inf, metadata=_help("skip faces turned more than this, radians"))
+    min_sharpness: float = field(default=0.0, metadata=_help("skip faces whose Laplacian variance is lower"))
+    min_score: float = field(default=0.0, metadata=_help("skip faces whose detector score is lower"))
     api_key_file: str = field(
         default="", metadata=_help(f"file holding the key clients send in X-API-Key ('' : ${API_KEY_ENV}, else none)")
     )

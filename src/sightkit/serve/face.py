@@ -19,6 +19,14 @@ L2-normalised ones of :func:`sightkit.models.embed_faces`, computed through the 
 dynamic batcher; decisions accept a match when its cosine similarity is above
 ``face_threshold``, as the command line does.
 
+Every face gets the quality record of ``sightkit face`` (:func:`sightkit.eval.face_quality`:
+size, head pose, sharpness, detector score). A face below the server's ``min_face``,
+``max_yaw``, ``min_sharpness`` or ``min_score`` is skipped with its reasons: left out of an
+enrolment (``skipped`` in the answer; a 422 ``poor_face`` when no image is left), answered
+without matches by identify, a 422 ``poor_face`` from verify. Identify and verify score each
+person by their template, the quality-weighted mean of their enrolled faces
+(``?match=template``, the default), or by their best enrolled face (``?match=best``).
+
 ``POST /v1/face/enroll`` and ``DELETE /v1/face/{name}`` change the gallery and need the
 ``X-API-Key`` header when the server has a key; with ``protect_reads`` the others do too.
 """
@@ -29,7 +37,7 @@ import asyncio
 import json
 import math
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
@@ -39,6 +47,8 @@ from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from sightkit.data.faces import face_crop, normalise_face
+from sightkit.eval.face_quality import FaceQuality, QualityThresholds, face_quality
+from sightkit.eval.face_template import quality_weights
 from sightkit.ops.align import align_faces
 from sightkit.serve.errors import ServeError
 from sightkit.serve.gallery import SQLiteGallery, check_name
@@ -51,7 +61,7 @@ from sightkit.serve.schemas import (
     VerifyResponse,
 )
 from sightkit.tasks.face import load_embedder
-from sightkit.tasks.face_gallery import build_detector
+from sightkit.tasks.face_gallery import build_detector, crop_landmarks
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -63,20 +73,34 @@ MIN_LANDMARK_SPREAD = 1.0
 
 @dataclass
 class Face:
-    """One face of an upload: its normalised aligned crop ``[3, S, S]`` and where it was found
-    (``box`` xyxy and ``score`` from the detector, ``landmarks`` [5, 2] when known)."""
+    """One face of an upload: its normalised aligned crop ``[3, S, S]``, where it was found
+    (``box`` xyxy and ``score`` from the detector, ``landmarks`` [5, 2] when known), its
+    ``quality`` record, pooling ``weight`` and the reasons it is ``skipped`` (``[]``: usable)."""
 
     crop: Tensor
     box: list[float] | None = None
     landmarks: list[list[float]] | None = None
     score: float | None = None
+    quality: dict[str, float | None] | None = None
+    weight: float = 1.0
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def area(self) -> float:
         return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1]) if self.box is not None else 0.0
 
     def where(self) -> dict[str, Any]:
-        return {"box": self.box, "landmarks": self.landmarks, "detection_score": self.score}
+        return {
+            "box": self.box, "landmarks": self.landmarks, "detection_score": self.score, "quality": self.quality,
+            "skipped": self.skipped,
+        }  # fmt: skip
+
+    def rated(self, quality: FaceQuality, k: int, thresholds: QualityThresholds) -> Face:
+        """This face with face ``k`` of ``quality``: its record (4 decimals), weight and failures."""
+        self.quality = {key: None if value is None else round(value, 4) for key, value in quality.to_dicts()[k].items()}
+        self.weight = float(quality_weights(quality)[k])
+        self.skipped = thresholds.failures(quality)[k]
+        return self
 
 
 def _rounded(values: Tensor) -> list[Any]:
@@ -93,6 +117,7 @@ class FaceService:
         threshold: cosine similarity above which two faces are taken for one person.
         detector: ``''`` (uploads are face crops), ``mtcnn`` or face_detect weights (module docstring).
         wheel: the facenet-pytorch wheel with MTCNN's weights (``''``: ``runs/weights/``).
+        quality: the thresholds below which a face is skipped (default: none).
 
     Raises:
         ValueError: the gallery file cannot be created or written.
@@ -106,7 +131,9 @@ class FaceService:
         threshold: float = 0.4,
         detector: str = "",
         wheel: str = "",
+        quality: QualityThresholds | None = None,
     ) -> None:
+        self.quality = quality if quality is not None else QualityThresholds()
         self.loaded = load_embedder(weights, device)
         self.weights_sha256 = file_sha256(weights)
         self.embedding = int(self.loaded.model.num_features)
@@ -140,9 +167,12 @@ class FaceService:
         """The face of a uint8 image ``[3, H, W]`` aligned by its ``landmarks`` ``[5, 2]``, or the
         image itself resized (a crop); normalised for the embedder."""
         crop = normalise_face(face_crop(image, self.loaded.imgsz, landmarks), self.loaded.mean, self.loaded.std)
+        # A crop without points is rated as `sightkit face` rates it: aligned, ArcFace's template stretched over it.
+        quality = face_quality(image[None], (crop_landmarks(image) if landmarks is None else landmarks)[None])
         if landmarks is not None:
-            return Face(crop, landmarks=_rounded(landmarks))
-        return Face(crop, box=[0.0, 0.0, float(image.shape[-1]), float(image.shape[-2])])
+            return Face(crop, landmarks=_rounded(landmarks)).rated(quality, 0, self.quality)
+        box = [0.0, 0.0, float(image.shape[-1]), float(image.shape[-2])]
+        return Face(crop, box=box).rated(quality, 0, self.quality)
 
     def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """The detector's faces in each uint8 image ``[3, H, W]`` (one at a time: sizes differ)."""
@@ -165,9 +195,12 @@ class FaceService:
             image[None].float(), landmarks.double() - 0.5, self.loaded.imgsz, torch.zeros(len(boxes), dtype=torch.long)
         )
         crops = normalise_face(crops, self.loaded.mean, self.loaded.std)
+        quality = face_quality(
+            image[None], landmarks.float(), torch.zeros(len(boxes), dtype=torch.long), scores.float()
+        )
         return [
-            Face(crop, _rounded(box), _rounded(points), round(float(score), 4))
-            for crop, box, points, score in zip(crops, boxes, landmarks, scores, strict=True)
+            Face(crop, _rounded(box), _rounded(points), round(float(score), 4)).rated(quality, k, self.quality)
+            for k, (crop, box, points, score) in enumerate(zip(crops, boxes, landmarks, scores, strict=True))
         ]
 
     def infer(self, crops: list[Tensor]) -> list[Tensor]:
@@ -241,6 +274,12 @@ images_field = File(description="images (JPEG, PNG, WebP or BMP): photos with a 
 landmarks_field = Form(
     description="JSON: five [x, y] points per image (or null), inside the image; they align the face instead of "
     "the detector"
+)
+
+
+match_query = Query(
+    pattern="^(template|best)$",
+    description="score each person by their template (the quality-weighted mean of their faces) or their best face",
 )
 
 
@@ -322,9 +361,16 @@ def face_router(server: FaceHost, errors: dict[int | str, dict[str, Any]]) -> AP
     ) -> dict[str, Any]:
         name = valid_name(name)
         chosen = [(source, largest(source, found)) for source, _, found in await faces_of(images, landmarks)]
+        skipped = [{"image": source, "reasons": f.skipped} for source, f in chosen if f.skipped]
+        chosen = [(source, f) for source, f in chosen if not f.skipped]
+        if not chosen:
+            shown = "; ".join(f"{s['image']}: {', '.join(s['reasons'])}" for s in skipped)
+            raise ServeError(422, "poor_face", f"no face is good enough to enrol ({shown})")
         vectors = torch.stack(await embed([f for _, f in chosen]))
-        total = await run_in_threadpool(face.gallery.enroll, name, vectors, [source for source, _ in chosen])
-        return {"name": name, "added": len(chosen), "total": total}
+        weights = torch.tensor([f.weight for _, f in chosen], dtype=torch.float64)
+        sources = [source for source, _ in chosen]
+        total = await run_in_threadpool(face.gallery.enroll, name, vectors, sources, weights)
+        return {"name": name, "added": len(chosen), "total": total, "skipped": skipped}
 
     @router.post(
         "/identify",
@@ -337,17 +383,20 @@ def face_router(server: FaceHost, errors: dict[int | str, dict[str, Any]]) -> AP
         images: Annotated[list[UploadFile], images_field],
         landmarks: Annotated[str | None, landmarks_field] = None,
         top_k: Annotated[int, Query(ge=1, le=100, description="candidates per face")] = 5,
+        match: Annotated[str, match_query] = "template",
     ) -> dict[str, Any]:
         uploads = await faces_of(images, landmarks)
-        everyone = [f for _, _, found in uploads for f in found]
-        vectors = await embed(everyone)
-        candidates = await run_in_threadpool(face.gallery.identify, torch.stack(vectors), top_k) if vectors else []
+        usable = [f for _, _, found in uploads for f in found if not f.skipped]
+        vectors = await embed(usable)
+        candidates = (
+            await run_in_threadpool(face.gallery.identify, torch.stack(vectors), top_k, match) if vectors else []
+        )
         answers = iter(candidates)
         results = []
         for source, image, found in uploads:
             faces = []
             for each in found:
-                matches = next(answers)
+                matches = [] if each.skipped else next(answers)
                 best = matches[0] if matches else None
                 identity = best[0] if best is not None and best[1] > face.threshold else None
                 faces.append(
@@ -368,12 +417,19 @@ def face_router(server: FaceHost, errors: dict[int | str, dict[str, Any]]) -> AP
         image2: Annotated[UploadFile | None, File(description="a second image (or give name)")] = None,
         name: Annotated[str | None, Form(description="an enrolled person to compare with (or give image2)")] = None,
         landmarks: Annotated[str | None, landmarks_field] = None,
+        match: Annotated[str, match_query] = "template",
     ) -> dict[str, Any]:
         if (image2 is None) == (name is None):
             raise _invalid("give exactly one of image2 (a second face) or name (enrolled)")
         against = valid_name(name) if name is not None else ""
         uploads = [image] if image2 is None else [image, image2]
         chosen = [largest(source, found) for source, _, found in await faces_of(uploads, landmarks)]
+        for upload, each in zip(uploads, chosen, strict=True):
+            if each.skipped:
+                why = ", ".join(each.skipped)
+                raise ServeError(
+                    422, "poor_face", f"{upload.filename}: the face is below the quality thresholds ({why})"
+                )
         vectors = await embed(chosen)
         if image2 is not None:
             score, against = float(vectors[0] @ vectors[1]), image2.filename or "image 1"
@@ -382,8 +438,12 @@ def face_router(server: FaceHost, errors: dict[int | str, dict[str, Any]]) -> AP
             if own.shape[0] == 0:
                 known = len(await run_in_threadpool(face.gallery.identities))
                 raise ServeError(404, "unknown_name", f"{against!r} is not enrolled (enrolled: {known} people)")
-            # The best of the person's embeddings, as identification scores them.
-            score = float((own @ vectors[0]).max())
+            # As identification scores the person: their template, or the best of their embeddings.
+            if match == "template":
+                template = await run_in_threadpool(face.gallery.template_of, against)
+                score = float(template @ torch.nn.functional.normalize(vectors[0].float(), dim=0))
+            else:
+                score = float((own @ vectors[0]).max())
         score = round(score, 6)
         return {"score": score, "same": score > face.threshold, "threshold": face.threshold, "against": against}
 

@@ -37,6 +37,9 @@ class PredictResult(BaseModel):
     names: list[str] | None = Field(None, description="class name of each instance")
     keypoints: list[list[list[float]]] | None = Field(None, description="pose: [[[x, y, score], ...K], ...N]")
     landmarks: list[list[list[float]]] | None = Field(None, description="faces: [[[x, y], ...5], ...N]")
+    head_pose: list[list[float | None]] | None = Field(
+        None, description="face_detect: [[yaw, pitch, roll], ...N] radians from the landmarks (null: unmeasurable)"
+    )
     embeddings: list[list[float]] | None = Field(None, description="face embedder: [N, D], unit length")
     masks: list[ClassMask] | None = Field(None, description="segmenter (mask_format=rle): one RLE per class present")
     mask: MaskPng | None = Field(None, description="segmenter (mask_format=png): the class map")
@@ -95,15 +98,30 @@ class Health(BaseModel):
     status: str
 
 
+class SkippedFace(BaseModel):
+    image: str = Field(description="the upload's file name")
+    reasons: list[str] = Field(description="the quality thresholds the face fails, e.g. 'face 18 px < min_face=32'")
+
+
 class EnrollResponse(BaseModel):
     name: str
     added: int = Field(description="embeddings added by this request")
     total: int = Field(description="embeddings the identity has now")
+    skipped: list[SkippedFace] = Field(description="faces below the server's quality thresholds, not enrolled")
+
+
+class FaceQualityRecord(BaseModel):
+    size: float = Field(description="side of the aligned face in source pixels")
+    yaw: float | None = Field(description="head pose from the landmarks, radians (null: unmeasurable)")
+    pitch: float | None
+    roll: float | None
+    sharpness: float | None = Field(description="variance of the Laplacian of the aligned crop")
+    score: float | None = Field(description="the detector's score (null without a detector)")
 
 
 class Match(BaseModel):
     name: str
-    score: float = Field(description="cosine similarity with the person's best enrolled face, in [-1, 1]")
+    score: float = Field(description="cosine similarity with the person's template (or best face), in [-1, 1]")
 
 
 class FaceMatches(BaseModel):
@@ -112,6 +130,8 @@ class FaceMatches(BaseModel):
     )
     landmarks: list[list[float]] | None = Field(description="five [x, y] points that aligned the face, if any")
     detection_score: float | None = Field(description="the detector's score (null without a detector)")
+    quality: FaceQualityRecord | None = Field(description="size, head pose, sharpness and score of the face")
+    skipped: list[str] = Field(description="why the face is below the quality thresholds ([] : it was identified)")
     identity: str | None = Field(description="the best match when its score is above the threshold, else null")
     matches: list[Match] = Field(description="best first")
 
@@ -129,7 +149,7 @@ class IdentifyResponse(BaseModel):
 
 
 class VerifyResponse(BaseModel):
-    score: float = Field(description="cosine similarity of the two faces (or with the person's best enrolled face)")
+    score: float = Field(description="cosine similarity of the two faces (or with the person's template or best face)")
     same: bool = Field(description="score > threshold")
     threshold: float
     against: str = Field(description="the second image's file name, or the enrolled name")
