@@ -10,7 +10,7 @@ trained on. For each weights file, at each thread count, in one process:
 
 - speed: ``--images`` validation images, decoded once, through ``predictor.predict_frames``
   (preprocessing, model, postprocessing) in batches of ``--batch``, at float32 and under
-  ``autocast_context("bf16", "cpu")``; the median over ``--repeats`` passes, as images/s;
+  ``autocast_context("bf16", "cpu")``, alternating; the median over ``--repeats`` passes, as images/s;
 - accuracy (once, at the first thread count): the task's own evaluation (``sightkit eval
   detect``: COCO AP with faster-coco-eval) of the whole validation split at each precision,
   and on the first batch the largest difference of the raw outputs, boxes in pixels of the
@@ -70,21 +70,25 @@ def raw_outputs(predictor: object, frames: list[Frame], precision: str) -> tuple
     )
 
 
-def images_per_second(predictor: object, frames: list[Frame], batch: int, precision: str, repeats: int) -> float:
+def images_per_second(predictor: object, frames: list[Frame], batch: int, repeats: int) -> dict[str, float]:
+    """Images/s at each precision: the median over ``repeats`` passes, fp32 and bf16 alternating
+    so that a change in machine load falls on both."""
     settings = predictor.settings()
 
-    def run() -> None:
-        with autocast_context(precision, "cpu"):
-            for start in range(0, len(frames), batch):
-                predictor.predict_frames(frames[start : start + batch], settings)
-
-    run()
-    times = []
-    for _ in range(repeats):
+    def run(precision: str) -> float:
         start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return len(frames) / statistics.median(times)
+        with autocast_context(precision, "cpu"):
+            for first in range(0, len(frames), batch):
+                predictor.predict_frames(frames[first : first + batch], settings)
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for repeat in range(repeats + 1):
+        for precision in times:
+            seconds = run(precision)
+            if repeat:  # the first pass of each warms up
+                times[precision].append(seconds)
+    return {precision: len(frames) / statistics.median(values) for precision, values in times.items()}
 
 
 def main(argv: list[str]) -> None:
@@ -108,7 +112,7 @@ def main(argv: list[str]) -> None:
         accuracy: dict[str, object] = {}
         for threads in args.threads:
             with results.at(threads, model=predictor.name, weights=weights) as entry:
-                speed = {p: images_per_second(predictor, frames, args.batch, p, args.repeats) for p in ("fp32", "bf16")}
+                speed = images_per_second(predictor, frames, args.batch, args.repeats)
                 print(
                     f"  images/s: fp32 {speed['fp32']:.1f}, bf16 {speed['bf16']:.1f}, "
                     f"bf16 / fp32 {speed['bf16'] / speed['fp32']:.2f}x"
