@@ -75,6 +75,21 @@ def test_face_detect_results_carry_head_pose(faces: Path, tmp_path: Path) -> Non
     assert (posed.plot() != bare.plot()).any()
 
 
+def test_face_commands_measure_the_pose_of_detected_faces(faces: Path, tmp_path: Path) -> None:
+    from sightkit.tasks.face_detect import TrainedFaceDetector
+    from sightkit.tasks.face_gallery import find_faces
+
+    _, weights = tiny_weights("face_detector_tiny", tmp_path / "det.safetensors")
+    scene = sorted((faces / "images").iterdir())[0]
+    (found,) = find_faces([scene], 32, TrainedFaceDetector(weights, score_threshold=0.0))
+    assert len(found.quality) == found.landmarks.shape[0] > 0
+    angles = head_pose(found.landmarks.float()).double()
+    torch.testing.assert_close(torch.stack([found.quality.yaw, found.quality.pitch, found.quality.roll], 1), angles)
+    torch.testing.assert_close(found.quality.score, found.scores.double())
+    record = found.record(0)
+    assert record["quality"]["yaw"] == pytest.approx(float(angles[0, 0]), abs=1e-4)
+
+
 def test_templates_against_best_of_images_by_hand() -> None:
     # ann has two very different images; bob one, between ann's first image and the y axis.
     embeddings = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.8, 0.6, 0.0]])

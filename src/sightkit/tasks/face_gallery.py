@@ -351,7 +351,9 @@ def find_faces(
         count = found["boxes"].shape[0]
         index = torch.zeros(count, dtype=torch.long)
         # The detector's landmarks are continuous coordinates; alignment wants pixel centres at integers.
-        crops, _ = align_faces(image[None].float(), found["landmarks"].double() - 0.5, imgsz, index)
+        crops = torch.zeros(0, 3, imgsz, imgsz)  # no face: nothing to align (the warp refuses an empty batch)
+        if count:
+            crops, _ = align_faces(image[None].float(), found["landmarks"].double() - 0.5, imgsz, index)
         quality = face_quality(image[None], found["landmarks"].float(), index, found["scores"].float())
         results.append(Faces(path, normalise_face(crops), quality, found["boxes"], found["landmarks"], found["scores"]))
     return results
