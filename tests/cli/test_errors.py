@@ -227,23 +227,49 @@ def test_predict_max_pixels(detector: Path, tmp_path: Path) -> None:
     assert everything.exit_code == 0 and "skipped" not in everything.output, everything.output
 
 
-def test_training_datasets_read_with_the_configs_max_pixels(shapes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sightkit.data.synthetic.faces import synthesize_faces
+
+    out = tmp_path_factory.mktemp("data") / "faces"
+    synthesize_faces(
+        out=str(out), images=2, size=64, identities=2, test_identities=2, per_identity=2, crop=32, folds=1,
+        pairs_per_fold=1, val_fraction=0.5, progress=False,
+    )  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize(
+    ("task_name", "model", "dataset", "folder"),
+    [
+        ("detect", "detr_r18_tiny", "shapes", ""),
+        ("segment", "unet_r18_tiny", "shapes", ""),
+        ("face_detect", "face_detector_tiny", "faces", ""),
+        ("face", "iresnet_tiny", "faces", "recognition"),
+    ],
+)
+def test_training_datasets_read_with_the_configs_max_pixels(
+    task_name: str,
+    model: str,
+    dataset: str,
+    folder: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from sightkit.config import build_config
     from sightkit.tasks.registry import get_task
 
-    task = get_task("detect")
-    small = build_config(task.train_config, [f"data={shapes}", "model=detr_r18_tiny", "max_pixels=100"])
-    parts = task.training_parts(small)
-    with pytest.raises(ImageReadError, match="more than max_pixels=100 "):
-        parts.train_set[0]
-    with pytest.raises(ImageReadError, match="more than max_pixels=100 "):
-        parts.val_set[0]
-    # No limit reads what Pillow's own limit (the default) would refuse.
+    task = get_task(task_name)
+    keys = [f"data={request.getfixturevalue(dataset) / folder}", f"model={model}"]
+    parts = task.training_parts(build_config(task.train_config, [*keys, "max_pixels=100"]))
+    for split in (parts.train_set, parts.val_set):
+        with pytest.raises(ImageReadError, match="more than max_pixels=100 "):
+            split[0]
+    # No limit reads what Pillow's own limit (the default of read_image) would refuse.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    unlimited = task.training_parts(
-        build_config(task.train_config, [f"data={shapes}", "model=detr_r18_tiny", "max_pixels=0"])
-    )
-    assert unlimited.train_set[0][0].shape[0] == 3
+    unlimited = task.training_parts(build_config(task.train_config, [*keys, "max_pixels=0"]))
+    for split in (unlimited.train_set, unlimited.val_set):
+        assert split[0][0].shape[0] == 3
 
 
 def test_data_check_shows_file_names_as_text(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from sightkit._api import export
-from sightkit.data.coco import ImageReadError, read_image
+from sightkit.data.coco import UNRECOGNISED, ImageReadError, _pixel_limit, image_problem, read_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 BACKGROUND = "background"
@@ -123,21 +123,32 @@ def _folder_pairs(root: Path, split: str) -> tuple[list[_Pair], list[str], np.nd
 
 
 @export("data.read_mask")
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read an 8-bit one-channel PNG mask (mode ``L``, or ``P`` as palette indices) as uint8 ``[H, W]``."""
+def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read an 8-bit one-channel PNG mask (mode ``L``, or ``P`` as palette indices) as uint8 ``[H, W]``.
+
+    A mask of more than ``max_pixels`` pixels or a truncated PNG is refused before decoding,
+    as :func:`~sightkit.data.coco.read_image` refuses images (``None``: Pillow's limit; 0: none).
+    """
     path = Path(path)
     try:
-        with Image.open(path) as picture:
-            if picture.mode not in ("L", "P"):
-                raise ValueError(
-                    f"mask {path} must be an 8-bit one-channel PNG of class indices (mode L or P), "
-                    f"got mode {picture.mode}"
-                )
-            return np.array(picture)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"mask {path} does not exist") from None
     except OSError as error:
-        raise ImageReadError(path, f"not a readable mask ({error})") from None
+        raise ImageReadError(path, f"not a readable mask ({error.strerror or error})") from None
+    # The header-only image of image_problem: Image.open would apply Pillow's global limit, not max_pixels.
+    picture = image_problem(data, _pixel_limit(max_pixels))
+    if not isinstance(picture, Image.Image):
+        raise ImageReadError(path, f"not a readable mask ({picture or UNRECOGNISED})")
+    with picture:
+        if picture.mode not in ("L", "P"):
+            raise ValueError(
+                f"mask {path} must be an 8-bit one-channel PNG of class indices (mode L or P), got mode {picture.mode}"
+            )
+        try:
+            return np.array(picture)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ImageReadError(path, f"not a readable mask ({error})") from None
 
 
 @export("data.SegmentationDataset")
@@ -203,7 +214,7 @@ class SegmentationDataset(Dataset):
     def labels(self, index: int) -> Tensor:
         """The mask of sample ``index`` as int64 ``[H, W]`` labels, untransformed."""
         pair = self.pairs[index]
-        values = read_mask(pair.mask)
+        values = read_mask(pair.mask, max_pixels=self.max_pixels)
         labels = self._lookup[values]
         if (labels < 0).any():
             bad = sorted(set(np.unique(values[labels < 0]).tolist()))
