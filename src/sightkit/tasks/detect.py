@@ -163,27 +163,19 @@ class DenseCollate:
 def build_datasets(config: DetectConfig) -> tuple[CocoDetection, CocoDetection | None]:
     """The training and validation datasets with DETR's transforms at ``config.imgsz``."""
     normalise = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    images, train_json = dataset_files(config.data, config.train_split)
-    train = CocoDetection(
-        images,
-        train_json,
-        detection_transforms("train", size=config.imgsz, max_size=config.max_size, **normalise),
-        max_pixels=config.max_pixels,
-    )
-    val = None
-    if config.val_split:
-        images, val_json = dataset_files(config.data, config.val_split)
-        val = CocoDetection(
-            images,
-            val_json,
-            detection_transforms("eval", size=config.imgsz, max_size=config.max_size, **normalise),
-            max_pixels=config.max_pixels,
+
+    def dataset(split: str, mode: str) -> CocoDetection:
+        images, annotations = dataset_files(config.data, split)
+        transforms = detection_transforms(mode, size=config.imgsz, max_size=config.max_size, **normalise)
+        return CocoDetection(images, annotations, transforms, max_pixels=config.max_pixels)
+
+    train = dataset(config.train_split, "train")
+    val = dataset(config.val_split, "eval") if config.val_split else None
+    if val is not None and val.category_map.category_ids != train.category_map.category_ids:
+        raise ValueError(
+            f"{val.annotation_file} and {train.annotation_file} have different categories "
+            f"({val.category_map.category_ids} vs {train.category_map.category_ids})"
         )
-        if val.category_map.category_ids != train.category_map.category_ids:
-            raise ValueError(
-                f"{val_json} and {train_json} have different categories "
-                f"({val.category_map.category_ids} vs {train.category_map.category_ids})"
-            )
     return train, val
 
 
