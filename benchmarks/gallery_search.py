@@ -3,10 +3,12 @@
 ``old`` is the search the server used before: it mapped every enrolled embedding to its
 identity with ``identities.index(name)`` (a linear scan per embedding, so quadratic in the
 gallery size) on every request, then one float32 matrix product. ``new`` is
-:meth:`sightkit.serve.gallery.Entries.search`: the identity index is built once when the
-gallery is read, one float16 product scores every embedding (half the bytes to stream, which
-bounds the search on a CPU), and the few identities near the top are rescored in float32.
-Both answers are checked to name the same identities with scores within 2e-6.
+:meth:`sightkit.serve.gallery.Entries.search` with ``match="best"`` (the same best-of-images
+score): the identity index is built once when the gallery is read, one float16 product scores
+every embedding (half the bytes to stream, which bounds the search on a CPU), and the few
+identities near the top are rescored in float32. Both answers are checked to name the same
+identities with scores within 2e-6. ``template`` times ``match="template"`` (one float32
+product with each identity's pooled template), the server's default.
 
     python -m benchmarks gallery_search [--sizes 1000 10000 100000] [--dim 512] [--per-identity 1]
                                         [--threads 1 2] [--repeats 20] [--old-max 20000] [--seed 0]
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from benchmarks._conditions import Results, add_threads_argument, ratio
 from benchmarks._timing import median_time
 from sightkit.serve.gallery import Entries
 
@@ -47,21 +50,26 @@ def same_answer(got: list[list[tuple[str, float]]], want: list[list[tuple[str, f
     )
 
 
-def measure(size: int, args: argparse.Namespace, generator: torch.Generator) -> None:
-    """Print one row per thread count for a gallery of ``size`` identities."""
+def measure(size: int, args: argparse.Namespace, generator: torch.Generator, results: Results) -> None:
+    """Print one row per thread count for a gallery of ``size`` identities and record it."""
     names = [f"person {i:07d}" for i in range(size) for _ in range(args.per_identity)]
     vectors = F.normalize(torch.randn(len(names), args.dim, generator=generator), dim=1)
     query = F.normalize(vectors[:1] + 0.5 * torch.randn(1, args.dim, generator=generator), dim=1)
     entries = Entries.of(names, vectors)
     for threads in args.threads:
-        torch.set_num_threads(threads)
-        new = median_time(lambda: entries.search(query, args.top_k), repeats=args.repeats, warmup=2)
-        if size > args.old_max:
-            print(f"{size:>10} {threads:>7} {'skipped':>9} {new * 1e3:>8.2f} {'':>8}  (old: quadratic, --old-max)")
-            continue
-        old = median_time(lambda: old_search(names, vectors, query, args.top_k), repeats=min(args.repeats, 3))
-        same = same_answer(entries.search(query, args.top_k), old_search(names, vectors, query, args.top_k))
-        print(f"{size:>10} {threads:>7} {old * 1e3:>9.1f} {new * 1e3:>8.2f} {old / new:>7.0f}x  {same}")
+        with results.at(threads, identities=size) as entry:
+            new = median_time(lambda: entries.search(query, args.top_k, match="best"), repeats=args.repeats, warmup=2)
+            template = median_time(lambda: entries.search(query, args.top_k, match="template"), repeats=args.repeats)
+            entry.update(new_ms=round(new * 1e3, 3), template_ms=round(template * 1e3, 3))
+            row = f"{size:>10} {threads:>7} {{old}} {new * 1e3:>8.2f} {{ratio}} {template * 1e3:>11.2f}"
+            if size > args.old_max:
+                print(row.format(old=f"{'skipped':>9}", ratio=f"{'':>8}") + "  (old: quadratic, --old-max)")
+                continue
+            old = median_time(lambda: old_search(names, vectors, query, args.top_k), repeats=min(args.repeats, 3))
+            new_answer = entries.search(query, args.top_k, match="best")
+            same = same_answer(new_answer, old_search(names, vectors, query, args.top_k))
+            entry.update(old_ms=round(old * 1e3, 3), ratio=ratio(old, new), same_answer=same)
+            print(row.format(old=f"{old * 1e3:>9.1f}", ratio=f"{old / new:>7.0f}x") + f"  {same}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,19 +78,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=512, help="embedding size (ArcFace: 512)")
     parser.add_argument("--per-identity", type=int, default=1, help="embeddings enrolled per identity")
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op threads")
+    add_threads_argument(parser)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--old-max", type=int, default=20_000, help="largest gallery the quadratic old search runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    load = os.getloadavg()
     print(f"one query against G identities x {args.per_identity} embeddings, dim {args.dim}, top {args.top_k}")
-    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores; median of {args.repeats}")
-    print(f"{'identities':>10} {'threads':>7} {'old ms':>9} {'new ms':>8} {'old/new':>8}  same answer")
+    print(f"median of {args.repeats} (old: of at most 3); {os.cpu_count()} cores")
+    print(f"{'identities':>10} {'threads':>7} {'old ms':>9} {'new ms':>8} {'old/new':>8} {'template ms':>11}  same")
+    results = Results("gallery_search", args)
     generator = torch.Generator().manual_seed(args.seed)
     for size in args.sizes:
-        measure(size, args, generator)
+        measure(size, args, generator, results)
+    results.write()
 
 
 if __name__ == "__main__":
