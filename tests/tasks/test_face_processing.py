@@ -65,6 +65,10 @@ def test_face_detect_results_carry_head_pose(faces: Path, tmp_path: Path) -> Non
     assert record["head_pose"] == [
         [None if math.isnan(v) else round(float(v), 4) for v in face] for face in expected.astype(np.float64)
     ]
+    # The face embedder with this detector: its results carry the detector's head pose.
+    _, embedder = tiny_weights("iresnet_tiny", tmp_path / "face.safetensors")
+    (embedded,) = sightkit.load(embedder, "cpu")(str(scene), detector=str(weights), conf=0.0, progress=False)
+    np.testing.assert_array_equal(embedded.head_pose, result.head_pose)
     # The picture has the axes: it differs from the same result drawn without the head pose.
     bare = sightkit.Results(
         **{**{k: getattr(result, k) for k in ("image", "task", "names")}, "landmarks": result.landmarks}

@@ -249,7 +249,7 @@ def build_datasets(config: FaceConfig, imgsz: int) -> tuple[FaceFolder, FaceFold
 @export("tasks.FacePredictor")
 class FacePredictor(Predictor):
     """Face embedder weights, called on images: ``Results.embeddings`` ``[N, D]`` (L2-normalised)
-    of the faces a face detector finds (with their ``boxes``, ``scores`` and ``landmarks``), or
+    of the faces a face detector finds (with their ``boxes``, ``scores``, ``landmarks`` and ``head_pose``), or
     of the whole image taken as one aligned crop (no detector; score 1).
 
     Options:
@@ -309,6 +309,7 @@ class FacePredictor(Predictor):
                     scores=found.scores,
                     labels=found.labels,
                     landmarks=found.landmarks,
+                    head_pose=found.head_pose,
                     embeddings=outputs[start:end],
                 )
             )
