@@ -294,3 +294,16 @@ def test_face_enroll_and_identify_check_out_first(tmp_path: Path, a_file: Path) 
     one_line(invoke("face", "enroll", tmp_path / "people", "weights=none.safetensors", f"out={gallery}"), "out=")
     result = invoke("face", "identify", tmp_path / "face.png", "gallery=g.safetensors", "out=/proc/sightkit-test")
     one_line(result, "out='/proc/sightkit-test' cannot be written")
+
+
+def test_written_paths_are_printed_as_they_are(detector: Path, tmp_path: Path) -> None:
+    # "[x]" and "[1]" were read as style tags and vanished from the "wrote ... in PATH" lines.
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(photo)
+    out = tmp_path / "runs [x]"
+    runner = CliRunner(env={"COLUMNS": "1000"})  # no wrapping inside the paths
+    result = runner.invoke(app, ["predict", "detect", f"weights={detector}", f"source={photo}", f"out={out}"])
+    assert result.exit_code == 0 and f"in {out}\n" in result.output, result.output
+    model = out / "m [1].torchscript"
+    result = runner.invoke(app, ["export", "torchscript", f"weights={detector}", f"out={model}", "check=false"])
+    assert result.exit_code == 0 and f"to {model} (" in result.output, result.output

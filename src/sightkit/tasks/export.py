@@ -38,6 +38,7 @@ from typing import Any, TextIO
 
 import torch
 from rich.console import Console
+from rich.text import Text
 from torch import Tensor, nn
 
 from sightkit._api import export
@@ -187,11 +188,10 @@ def _prepare(config: ExportConfig, fmt: str, console: Console | None) -> tuple[C
 
 def _report(console: Console, spec: ExportSpec, out: Path, log: Path, start: float, detail: str = "") -> None:
     size = out.stat().st_size / 2**20
-    console.print(
-        f"exported {spec.name} to [bold]{out}[/] ({size:.1f} MB{detail}) in {time.perf_counter() - start:.1f} s; "
-        f"exporter log: {log}",
-        soft_wrap=True,
-    )
+    seconds = time.perf_counter() - start
+    after = f" ({size:.1f} MB{detail}) in {seconds:.1f} s; exporter log: {log}"
+    line = Text.assemble(f"exported {spec.name} to ", (str(out), "bold"), after)
+    console.print(line, soft_wrap=True)
 
 
 @export("tasks.export_onnx")
