@@ -307,3 +307,11 @@ def test_written_paths_are_printed_as_they_are(detector: Path, tmp_path: Path) -
     model = out / "m [1].torchscript"
     result = runner.invoke(app, ["export", "torchscript", f"weights={detector}", f"out={model}", "check=false"])
     assert result.exit_code == 0 and f"to {model} (" in result.output, result.output
+
+
+def test_resume_from_an_empty_checkpoint_is_one_line(shapes: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    base = ["train", "detect", "model=detr_r18_tiny", f"data={shapes}", f"out={run}", "steps=1", "epochs=0", "batch=2"]
+    one_line(invoke(*base, "imgsz=48", "resume=true", "exist_ok=true"), f"{run / 'last.pt'}", "empty (0 bytes)")
