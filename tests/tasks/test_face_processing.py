@@ -178,3 +178,23 @@ def test_train_face_with_augmentation(faces: Path, tmp_path: Path) -> None:
     assert result.returncode != 0
     (line,) = [line for line in result.stderr.splitlines() if "lighting" in line]
     assert "augment: unknown key 'lighting'" in line
+
+
+@pytest.mark.slow
+def test_augmented_training_is_repeatable_under_its_seed(faces: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from sightkit.tasks.face import FaceConfig, train
+
+    def trained(name: str, augment: dict[str, float], seed: int = 0) -> dict[str, torch.Tensor]:
+        config = FaceConfig(
+            model="iresnet_tiny", imgsz=32, data=str(faces / "recognition"), pairs="", out=str(tmp_path / name),
+            steps=2, batch=8, seed=seed, augment=augment, progress=False, plot=False, tensorboard=False,
+        )  # fmt: skip
+        train(config)
+        return load_file(str(tmp_path / name / "last.safetensors"))
+
+    strong = {"pose": 1.0, "illumination": 1.0, "occlusion": 1.0, "expression": 1.0}
+    first, again, plain = trained("a", strong), trained("b", strong), trained("c", {})
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], plain[k]) for k in first)  # the augmentation changed what was learnt
