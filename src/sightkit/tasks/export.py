@@ -281,14 +281,22 @@ def export_torchscript(config: ExportConfig, console: Console | None = None) -> 
 def _exported_program(spec: ExportSpec) -> torch.export.ExportedProgram:
     """``spec.module`` through :func:`torch.export.export` with the spec's dynamic shapes.
 
-    Sizes are traced size-obliviously: otherwise an intermediate size that is 1 (or not) in the
-    example, such as a 1 x 1 level of VFNet's pyramid, is specialised, and the graph is wrong for
-    inputs where it is not (guards that onnxruntime does not check).
+    Sizes are traced size-obliviously where that works: otherwise an intermediate size that is 1
+    (or not) in the example, such as a 1 x 1 level of VFNet's pyramid, is specialised, and the
+    graph is wrong for inputs where it is not (guards that onnxruntime does not check). Some
+    models' size arithmetic cannot be traced that way (DETR's: an equality the oblivious rules
+    cannot prove); they are traced as usual.
     """
     from torch.fx.experimental import _config as fx_config
 
-    with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
-        return torch.export.export(spec.module, tuple(spec.inputs.values()), dynamic_shapes=spec.dynamic_shapes)
+    arguments, shapes = tuple(spec.inputs.values()), spec.dynamic_shapes
+    with torch.no_grad():
+        try:
+            with fx_config.patch(backed_size_oblivious=True):
+                return torch.export.export(spec.module, arguments, dynamic_shapes=shapes)
+        except Exception as error:  # whatever the tracer raised, the usual trace is the fallback
+            print(f"size-oblivious tracing failed ({error}); tracing with specialised sizes", file=sys.stderr)
+            return torch.export.export(spec.module, arguments, dynamic_shapes=shapes)
 
 
 def _difference(got: Any, spec: ExportSpec) -> float:
