@@ -107,6 +107,7 @@ class PredictConfig:
     )
     save: bool = setting(True, "draw the predictions into pictures (or a video) in out")
     precision: str = setting("fp32", PRECISION_HELP)
+    annotations: str = setting("", "COCO JSON whose image ids predictions.json (boxes) uses ('' : position in source)")
 
 
 def parse_pairs(tokens: Sequence[str]) -> dict[str, str]:

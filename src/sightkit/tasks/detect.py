@@ -95,7 +95,6 @@ class DetectPredictConfig(PredictConfig):
     """Settings of ``sightkit predict detect``."""
 
     top_k: int = setting(100, "detections kept per image")
-    annotations: str = setting("", "COCO JSON whose image ids predictions.json uses ('' : position in source)")
 
 
 # --------------------------------------------------------------------------- data

@@ -194,7 +194,7 @@ def predict(config: Any, console: Console | None = None, task: str | Task | None
         raise ValueError("source= is required: an image, a folder, a glob, a video or an http(s) URL")
     predictor = load_for(task, config.weights, config.device)
     options = task.predict_options(config)
-    image_ids = coco_image_ids(getattr(config, "annotations", ""))
+    image_ids = coco_image_ids(config.annotations)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     videos = VideoWriters(out)
