@@ -329,3 +329,30 @@ def test_sigterm_finishes_requests_already_queued_and_sent(face_app: FastAPI, pn
             thread.join(timeout=60)
     assert statuses == [200, 200, 200, 200]
     assert answer.startswith(b"HTTP/1.1 200"), answer
+
+
+def test_refusals_before_the_body_is_read_keep_the_connection(
+    live: tuple[FastAPI, http.client.HTTPConnection], png: PNG, face_weights: Path, tmp_path: Path
+) -> None:
+    """A request refused before its body is read (another Host, another page's Origin, a body
+    over the limit by its Content-Length) leaves the rest of the body on the connection; the
+    server skips it and answers the next request there."""
+    _, connection = live
+    body, content_type = multipart({"name": "x"}, [("images", "a.png", png(200, 200, 3))])
+    refusals = [
+        ({"Host": "evil.example"}, 403, "forbidden_host"),
+        ({"Origin": "http://evil.example"}, 403, "cross_origin"),
+    ]
+    for headers, status, code in refusals:
+        connection.request("POST", "/v1/face/enroll", body=body, headers={"Content-Type": content_type, **headers})
+        response = connection.getresponse()
+        assert (response.status, json.loads(response.read())["error"]) == (status, code)
+        same_connection_answers(connection)
+    settings = ServeConfig(face_weights=str(face_weights), gallery=str(tmp_path / "s.db"), max_upload_mb=0.05)
+    with live_server(create_app(settings)) as (host, port, _):
+        small = http.client.HTTPConnection(host, port, timeout=30)
+        small.request("POST", "/v1/face/identify", body=body, headers={"Content-Type": content_type})
+        response = small.getresponse()
+        assert (response.status, json.loads(response.read())["error"]) == (413, "too_large")
+        same_connection_answers(small)
+        small.close()
