@@ -25,6 +25,7 @@ def test_the_recipe_warms_up_for_a_tenth_of_the_run_and_drops_refinement_for_vfn
         60,
     )
     assert (vfnet.imgsz, vfnet.max_size, vfnet.eval_every) == (96, 128, 150)
+    assert (vfnet.best_metric, vfnet.best_mode) == ("AP", "max")
     dino = build_config(DetectConfig, train_command(DemoConfig(model="dino_r18_tiny", steps=50))[2:])
     assert (dino.model, dino.model_args, dino.warmup_steps) == ("dino_r18_tiny", {}, 5)
     shapes = build_config(ShapesConfig, data_command(DemoConfig(data="d", images=30))[3:])

@@ -83,6 +83,7 @@ def train_command(config: DemoConfig) -> list[str]:
         "backbone_lr_mult=1",
         "clip_grad_norm=0",
         f"eval_every={max(config.steps // 4, 1)}",
+        "best_mode=max",  # best.safetensors: the highest AP
         "log_every=25",
         f"seed={config.seed}",
         "exist_ok=true",
