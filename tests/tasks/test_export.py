@@ -66,7 +66,7 @@ def assert_same_results(got: list, expected: list, atol: float = 1e-3) -> None:
         assert len(e.scores) > 0  # something to compare
         np.testing.assert_array_equal(g.labels, e.labels)
         np.testing.assert_allclose(g.boxes, e.boxes, atol=atol, rtol=0)
-        np.testing.assert_allclose(g.scores, e.scores, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(g.scores, e.scores, atol=1e-4, rtol=0)
         assert g.names == e.names and g.to_dict()["names"] == e.to_dict()["names"]
 
 
@@ -186,13 +186,18 @@ def _export(function, weights: Path, out: Path) -> tuple[Path, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["vfnet_r18_tiny", "detr_r18_tiny"])
-def test_onnx_detector_is_one_file_with_metadata_and_the_pytorch_results(name: str, tmp_path: Path) -> None:
+def test_onnx_detector_is_one_file_with_metadata_and_the_pytorch_results(
+    name: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     weights = _detector_weights(name, tmp_path / "w.safetensors")
+    capfd.readouterr()
     path, console = _export(export_onnx, weights, tmp_path / "out" / "m.onnx")
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx", "m.onnx.log"]  # no .onnx.data sidecar
-    assert len(console.strip().splitlines()) <= 3 and "[torch.onnx]" not in console
-    assert float(console.split("max |difference|")[1].split()[0]) < 1e-3
-    assert "torch" in (path.parent / "m.onnx.log").read_text()  # the exporter's lines went there
+    assert len(console.strip().splitlines()) == 2 and float(console.split("max |difference|")[1].split()[0]) < 1e-3
+    # The exporter's chatter (onnxscript's warnings, printed by its loggers and print calls) is in the log only.
+    printed, log = "".join(capfd.readouterr()), (path.parent / "m.onnx.log").read_text()
+    chatter = {"vfnet_r18_tiny": "Attribute type is ambiguous", "detr_r18_tiny": "Skipping constant folding"}[name]
+    assert chatter in log and chatter not in printed and "onnx" not in printed.lower()
 
     metadata = read_exported_metadata(path)
     reference = sightkit.load(weights, "cpu")
