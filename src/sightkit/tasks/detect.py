@@ -63,7 +63,7 @@ TASK = "detect"
 @dataclass
 @with_defaults(
     model="detr_r18_tiny", data="runs/data/shapes", out="runs/detect/train", epochs=50, batch=8,
-    backbone_lr_mult=0.1, clip_grad_norm=0.1, best_metric="AP",
+    backbone_lr_mult=0.1, clip_grad_norm=0.1, best_metric="AP", best_mode="max",
 )  # fmt: skip
 class DetectConfig(TaskConfig):
     """Settings of ``sightkit train detect``: the engine's keys plus the detection ones, with

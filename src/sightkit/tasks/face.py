@@ -68,7 +68,8 @@ REPORTED_FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 @dataclass
 @with_defaults(
     model="iresnet18", data="runs/data/faces/recognition", train_split="train", val_split="test",
-    out="runs/face/train", epochs=20, batch=128, lr=0.1, optimizer="sgd", weight_decay=5e-4, best_metric="accuracy",
+    out="runs/face/train", epochs=20, batch=128, lr=0.1, optimizer="sgd", weight_decay=5e-4,
+    best_metric="accuracy", best_mode="max",
 )  # fmt: skip
 class FaceConfig(TaskConfig):
     """Settings of ``sightkit train face``: the engine's keys plus the recognition ones, with

@@ -52,7 +52,7 @@ TASK = "face_detect"
 @dataclass
 @with_defaults(
     model="face_detector_r18", data="runs/data/faces", out="runs/face_detect/train", epochs=30, batch=8, lr=1e-3,
-    best_metric="AP",
+    best_metric="AP", best_mode="max",
 )  # fmt: skip
 class FaceDetectConfig(TaskConfig):
     """Settings of ``sightkit train face_detect``: the engine's keys plus the detector's."""

@@ -73,7 +73,7 @@ KEYPOINT_SCORE_FLOOR = 0.2
 @dataclass
 @with_defaults(
     model="rle_r18_tiny", data="runs/data/people", out="runs/pose/train", epochs=50, batch=32, lr=1e-3,
-    warmup_steps=100, best_metric="AP",
+    warmup_steps=100, best_metric="AP", best_mode="max",
 )  # fmt: skip
 class PoseConfig(TaskConfig):
     """Settings of ``sightkit train pose``: the engine's keys plus the pose ones. The defaults
@@ -293,7 +293,7 @@ def build_datasets(config: PoseConfig) -> tuple[TopDownKeypoints, TopDownKeypoin
     """Training people (augmented) and validation people (ground-truth boxes)."""
     if len(config.input_size) != 2:
         raise ValueError(f"input_size must be [height, width], got {list(config.input_size)}")
-    images, train_json = dataset_files(config.data, config.train_split)
+    images, train_json = dataset_files(config.data, config.train_split, keypoints=True)
     train = TopDownKeypoints(
         images,
         train_json,
@@ -309,7 +309,7 @@ def build_datasets(config: PoseConfig) -> tuple[TopDownKeypoints, TopDownKeypoin
         raise ValueError(f"{train_json} has no person with a labelled keypoint to train on")
     val = None
     if config.val_split:
-        images, val_json = dataset_files(config.data, config.val_split)
+        images, val_json = dataset_files(config.data, config.val_split, keypoints=True)
         val = TopDownKeypoints(images, val_json, config.input_size, padding=config.padding)
         if val.keypoint_names != train.keypoint_names:
             raise ValueError(f"{val_json} and {train_json} name different keypoints")

@@ -60,7 +60,7 @@ TASK = "segment"
 @dataclass
 @with_defaults(
     model="unet_r18_tiny", data="runs/data/shapes", out="runs/segment/train", epochs=50, batch=8, lr=1e-3,
-    best_metric="mIoU",
+    best_metric="mIoU", best_mode="max",
 )  # fmt: skip
 class SegmentConfig(TaskConfig):
     """Settings of ``sightkit train segment``: the engine's keys plus the segmentation ones.
