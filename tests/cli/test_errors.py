@@ -239,6 +239,15 @@ def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def people(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sightkit.data.synthetic.people import synthesize_people
+
+    out = tmp_path_factory.mktemp("data") / "people"
+    synthesize_people(out=str(out), images=4, size=96, max_people=2, val_fraction=0.5, progress=False)
+    return out
+
+
 @pytest.mark.parametrize(
     ("task_name", "model", "dataset", "folder"),
     [
@@ -246,6 +255,7 @@ def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("segment", "unet_r18_tiny", "shapes", ""),
         ("face_detect", "face_detector_tiny", "faces", ""),
         ("face", "iresnet_tiny", "faces", "recognition"),
+        ("pose", "rle_r18_tiny", "people", ""),
     ],
 )
 def test_training_datasets_read_with_the_configs_max_pixels(

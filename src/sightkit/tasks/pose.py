@@ -304,13 +304,15 @@ def build_datasets(config: PoseConfig) -> tuple[TopDownKeypoints, TopDownKeypoin
         rotation=config.rotation,
         rotation_prob=config.rotation_prob,
         flip_prob=config.flip_prob,
+        max_pixels=config.max_pixels,
     )
     if len(train) == 0:
         raise ValueError(f"{train_json} has no person with a labelled keypoint to train on")
     val = None
     if config.val_split:
         images, val_json = dataset_files(config.data, config.val_split, keypoints=True)
-        val = TopDownKeypoints(images, val_json, config.input_size, padding=config.padding)
+        size, padding, max_pixels = config.input_size, config.padding, config.max_pixels
+        val = TopDownKeypoints(images, val_json, size, padding=padding, max_pixels=max_pixels)
         if val.keypoint_names != train.keypoint_names:
             raise ValueError(f"{val_json} and {train_json} name different keypoints")
     return train, val
