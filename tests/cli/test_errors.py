@@ -325,3 +325,20 @@ def test_resume_from_an_empty_checkpoint_is_one_line(shapes: Path, tmp_path: Pat
     (run / "last.pt").write_bytes(b"")
     base = ["train", "detect", "model=detr_r18_tiny", f"data={shapes}", f"out={run}", "steps=1", "epochs=0", "batch=2"]
     one_line(invoke(*base, "imgsz=48", "resume=true", "exist_ok=true"), f"{run / 'last.pt'}", "empty (0 bytes)")
+
+
+def test_face_commands_print_names_as_text(tmp_path: Path) -> None:
+    _, weights = tiny_weights("iresnet_tiny", tmp_path / "face.safetensors")
+    people = tmp_path / "people [2]"
+    rng = np.random.default_rng(0)
+    for name in ("Ann [x]", "Bob"):
+        (people / name).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(people / name / f"{k}.png")
+    gallery = people / "gallery.safetensors"
+    runner = CliRunner(env={"COLUMNS": "1000"})  # no wrapping inside the names
+    enrolled = runner.invoke(app, ["face", "enroll", str(people), f"weights={weights}", "min_sharpness=0"])
+    assert enrolled.exit_code == 0 and f"into {gallery}\n" in enrolled.output, enrolled.output
+    image = people / "Ann [x]" / "0.png"
+    found = runner.invoke(app, ["face", "identify", str(image), f"gallery={gallery}", "threshold=-1"])
+    assert found.exit_code == 0 and "Ann [x]" in found.output, found.output

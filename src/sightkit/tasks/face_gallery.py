@@ -34,6 +34,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
@@ -427,7 +428,7 @@ def _print_skipped(console: Console, records: Sequence[dict[str, Any]]) -> None:
     if skipped:
         console.print(f"[yellow]{len(skipped)} faces below the quality thresholds, skipped:[/]")
         for record in skipped[:10]:
-            console.print(f"  {record['image']}: {'; '.join(record['skipped'])}")
+            console.print(f"  {record['image']}: {'; '.join(record['skipped'])}", markup=False)
         if len(skipped) > 10:
             console.print(f"  ... and {len(skipped) - 10} more")
 
@@ -451,7 +452,8 @@ def enroll(config: EnrollConfig, console: Console | None = None) -> FaceGallery:
         faces = find_faces([path for path, _ in folder.samples], loaded.imgsz, detector, largest_only=True)
         missing = [str(f.path) for f in faces if f.crops.shape[0] == 0]
         if missing:
-            console.print(f"[yellow]no face found in {len(missing)} images, left out:[/] {', '.join(missing[:5])}")
+            left_out = (f"no face found in {len(missing)} images, left out:", "yellow")
+            console.print(Text.assemble(left_out, " ", ", ".join(missing[:5])))
         found = [(f.path, label, f) for f, (_, label) in zip(faces, folder.samples, strict=True) if f.crops.shape[0]]
     records, kept = [], []
     for path, label, item in found:
@@ -486,7 +488,7 @@ def enroll(config: EnrollConfig, console: Console | None = None) -> FaceGallery:
     gallery.save(out)
     out.with_suffix(".json").write_text(json.dumps(records, indent=1))
     shown = ", ".join(f"FAR {far:g}: {value:.3f}" for far, value in gallery.template_thresholds.items())
-    console.print(f"enrolled {len(set(names))} people ({len(names)} images) into [bold]{out}[/]")
+    console.print(Text.assemble(f"enrolled {len(set(names))} people ({len(names)} images) into ", (str(out), "bold")))
     console.print(f"template thresholds from the gallery's impostor scores: {shown or 'none (too few)'}")
     return gallery
 
@@ -533,7 +535,7 @@ def identify(config: IdentifyConfig, console: Console | None = None) -> list[dic
                 labels.append(f"skipped: {why[0]}")
                 accepted.append(False)
                 records.append({**faces.record(k), "identity": None, "candidates": [], "skipped": why})
-                table.add_row(faces.path.name, str(k), "skipped", "", "; ".join(why))
+                table.add_row(Text(faces.path.name), str(k), "skipped", "", "; ".join(why))
                 continue
             options = next(candidates)
             name, score = options[0]
@@ -542,9 +544,11 @@ def identify(config: IdentifyConfig, console: Console | None = None) -> list[dic
             accepted.append(ok)
             records.append({**faces.record(k), "identity": name if ok else None, "candidates": options, "skipped": []})
             runner_up = f"{options[1][0]} {options[1][1]:.3f}" if len(options) > 1 else ""
-            table.add_row(faces.path.name, str(k), name if ok else f"unknown ({name}?)", f"{score:.3f}", runner_up)
+            who = name if ok else f"unknown ({name}?)"
+            # Text, not markup: file and people's names may hold brackets.
+            table.add_row(Text(faces.path.name), str(k), Text(who), f"{score:.3f}", Text(runner_up))
         if not reasons:
-            table.add_row(faces.path.name, "-", "no face found", "", "")
+            table.add_row(Text(faces.path.name), "-", "no face found", "", "")
         if out is not None and faces.boxes is not None and faces.landmarks is not None:
             image = read_image(faces.path).as_subclass(Tensor)
             poses = torch.stack([faces.quality.yaw, faces.quality.pitch, faces.quality.roll], 1)
@@ -553,7 +557,8 @@ def identify(config: IdentifyConfig, console: Console | None = None) -> list[dic
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "identities.json").write_text(json.dumps(records, indent=2))
-        console.print(f"wrote {out / 'identities.json'}" + (" and the pictures" if detector is not None else ""))
+        pictures = " and the pictures" if detector is not None else ""
+        console.print(f"wrote {out / 'identities.json'}{pictures}", markup=False)
     return records
 
 
