@@ -342,3 +342,29 @@ def test_face_commands_print_names_as_text(tmp_path: Path) -> None:
     image = people / "Ann [x]" / "0.png"
     found = runner.invoke(app, ["face", "identify", str(image), f"gallery={gallery}", "threshold=-1"])
     assert found.exit_code == 0 and "Ann [x]" in found.output, found.output
+
+
+def test_eval_checks_its_default_folder_before_evaluating(
+    detector: Path, shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import tempfile
+
+    make_temporary = tempfile.mkstemp
+
+    def refuse_next_to_the_weights(*args: object, dir: str | Path, **kwargs: object) -> tuple[int, str]:
+        if Path(dir) == detector.parent:  # as chmod 555 does to anyone but root
+            raise PermissionError(13, "Permission denied")
+        return make_temporary(*args, dir=dir, **kwargs)
+
+    # The shapes with the tiny detector's categories (ids 1 and 7).
+    data = tmp_path / "data"
+    (data / "annotations").mkdir(parents=True)
+    (data / "images").symlink_to(shapes / "images")
+    coco = json.loads((shapes / "annotations" / "val.json").read_text())
+    coco["categories"] = [{"id": 1, "name": "person"}, {"id": 7, "name": "ball"}]
+    coco["annotations"] = [{**annotation, "category_id": 1} for annotation in coco["annotations"]]
+    (data / "annotations" / "val.json").write_text(json.dumps(coco))
+    monkeypatch.setattr(tempfile, "mkstemp", refuse_next_to_the_weights)
+    result = invoke("eval", "detect", f"weights={detector}", f"data={data}")
+    one_line(result, f"out='{detector.parent}/eval_", "cannot be written", "refuses new files (Permission denied)")

@@ -30,6 +30,7 @@ from sightkit._api import export
 from sightkit.engine.distributed import init_distributed, is_main_process
 from sightkit.engine.precision import autocast_context, check_precision
 from sightkit.engine.trainer import Trainer
+from sightkit.outputs import check_output
 from sightkit.predictor import Predictor, resolve_device, weights_file
 from sightkit.tasks.common import read_metadata
 from sightkit.tasks.registry import Task, get_task, metadata_task, task_of_config
@@ -130,9 +131,10 @@ def evaluate(config: Any, console: Console | None = None, task: str | Task | Non
     plan = task.eval_plan(config, predictor)
     loader = DataLoader(plan.dataset, batch_size=config.batch, num_workers=config.workers, collate_fn=plan.collate)
     precision = autocast_context(check_precision(config.precision), predictor.device)
+    # The default folder, next to the weights, is known only now: checked before the evaluation.
+    out = check_output(config.out or Path(config.weights).parent / plan.folder, "out")
     with Progress(console=console, transient=True) as progress, precision:
         metrics = plan.evaluate(predictor.model, loader, progress)
-    out = Path(config.out) if config.out else Path(config.weights).parent / plan.folder
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     console.print(metrics_table(metrics, plan.title))
