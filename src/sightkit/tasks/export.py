@@ -14,8 +14,9 @@ the graph takes images of any batch and size and returns final boxes, scores and
 - ``pt2``: :func:`torch.export.export` saved with :func:`torch.export.save` (dynamic shapes as
   for ONNX), the same metadata in the archive's ``extra_files["sightkit.json"]``.
 - ``torchscript``: :func:`torch.jit.trace`, metadata in ``_extra_files["sightkit.json"]``.
-  Tracing records the example's shapes where the code computes with them, so a traced
-  detector is only exact at the export's input size; prefer ``pt2``.
+  Tracing records as constants the sizes that code computes outside tensor operations; a
+  traced DETR still follows the batch and input size (tested), other models may be exact
+  only at the traced size: prefer ``pt2``.
 
 The exporters' own console output (progress lines, warnings, log records, whatever C++
 writes to stdout and stderr) goes to ``<out>.log`` beside the output; the console gets one
@@ -259,8 +260,8 @@ def export_pt2(config: ExportConfig, console: Console | None = None) -> Path:
 @export("tasks.export_torchscript")
 def export_torchscript(config: ExportConfig, console: Console | None = None) -> Path:
     """Export the model of ``config.weights`` with :func:`torch.jit.trace` to a ``.torchscript``
-    file (metadata in ``_extra_files["sightkit.json"]``). Traced at the example's size: shapes
-    the code computes with are recorded as constants, so prefer ``pt2`` for other sizes."""
+    file (metadata in ``_extra_files["sightkit.json"]``). Traced on the example inputs: sizes that
+    code computes outside tensor operations become constants, so prefer ``pt2`` for other sizes."""
     console, out, log = _prepare(config, "torchscript", console)
     spec, metadata = export_spec(config.weights, config.imgsz)
     start = time.perf_counter()
