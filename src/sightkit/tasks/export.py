@@ -127,6 +127,8 @@ def output_path(config: ExportConfig, fmt: str) -> Path:
         ValueError: ``out`` has another suffix than the format's, is a folder, or cannot be written.
     """
     suffix = FORMATS[fmt]
+    if not config.weights:
+        raise ValueError("weights= is required: a .safetensors file written by `sightkit train`")
     out = Path(config.out) if config.out else Path(config.weights).with_suffix(suffix)
     if out.suffix != suffix:
         raise ValueError(f"out must be a {suffix} file for format {fmt}, got {str(out)!r}")
