@@ -10,6 +10,7 @@ command's list of keys is written when its help is shown (:func:`keys_command`).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -90,6 +91,13 @@ def guarded(function: Callable[[], Any]) -> Any:
         if os.environ.get("SIGHTKIT_DEBUG") or not isinstance(error, user_errors()):
             raise
         report_error(error)
+        distributed = sys.modules.get("torch.distributed")
+        if type(error).__name__ == "DistributedError" and distributed is not None and distributed.is_initialized():
+            # The process group is broken: gloo's threads abort the interpreter's normal shutdown
+            # ("terminate called without an active exception", status -6), so leave at once.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         raise typer.Exit(2) from None
 
 
