@@ -175,18 +175,24 @@ def convert(fetched: Fetched) -> Converted:
     model_args = {k: v for k, v in found.items() if v != _DEFAULTS[k]}
     num_classes = ours["class_embed.weight"].shape[0] - 1  # the last logit is "no object"
     classes = class_names(num_classes, fetched.config.get("id2label"))
-    metadata = {
+    metadata = detect_metadata(classes, fetched.source, f"{FAMILY}/{layout}")
+    return Converted(f"{FAMILY}/{layout}", MODEL, model_args, ours, metadata)
+
+
+def detect_metadata(classes: list[str], source: str, layout: str) -> dict[str, str]:
+    """The metadata of a detect weights file converted from a DETR-family checkpoint of the papers'
+    COCO recipe: class ``i`` is COCO category id ``i``, DETR's test sizes, ImageNet normalisation."""
+    return {
         "task": "detect",
         "classes": json.dumps(classes),
-        "category_ids": json.dumps(list(range(num_classes))),  # DETR's class i is COCO category id i
+        "category_ids": json.dumps(list(range(len(classes)))),
         "imgsz": str(IMGSZ),
         "max_size": str(MAX_SIZE),
         "mean": json.dumps(list(IMAGENET_MEAN)),
         "std": json.dumps(list(IMAGENET_STD)),
-        "source": fetched.source,
-        "source_layout": f"{FAMILY}/{layout}",
+        "source": source,
+        "source_layout": layout,
     }
-    return Converted(f"{FAMILY}/{layout}", MODEL, model_args, ours, metadata)
 
 
 def class_names(num_classes: int, id2label: Mapping[str, str] | None) -> list[str]:

@@ -20,17 +20,14 @@ logit), and, on padded batches, the frame of the decoder's query position.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
 
-from sightkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sightkit.weights import resnet
-from sightkit.weights.coco import COCO_91_NAMES
-from sightkit.weights.detr import IMGSZ, MAX_SIZE, class_names
+from sightkit.weights.detr import class_names, detect_metadata
 from sightkit.weights.layout import Converted, rename
 from sightkit.weights.sources import Fetched
 
@@ -123,15 +120,5 @@ def convert(fetched: Fetched) -> Converted:
     found = settings(ours, backbone)
     model_args = {k: v for k, v in found.items() if v != _DEFAULTS[k]} | IDEA_OPTIONS
     num_classes = ours["class_heads.0.weight"].shape[0]
-    metadata = {
-        "task": "detect",
-        "classes": json.dumps(class_names(num_classes, None) if num_classes != 91 else list(COCO_91_NAMES)),
-        "category_ids": json.dumps(list(range(num_classes))),  # as DETR: class i is COCO category id i
-        "imgsz": str(IMGSZ),
-        "max_size": str(MAX_SIZE),
-        "mean": json.dumps(list(IMAGENET_MEAN)),
-        "std": json.dumps(list(IMAGENET_STD)),
-        "source": fetched.source,
-        "source_layout": f"{FAMILY}/idea",
-    }
+    metadata = detect_metadata(class_names(num_classes, None), fetched.source, f"{FAMILY}/idea")
     return Converted(f"{FAMILY}/idea", MODEL, model_args, ours, metadata)
