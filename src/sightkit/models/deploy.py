@@ -129,7 +129,9 @@ class DeployDetector(nn.Module):
 
     def _padded(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``images`` padded at the bottom and right to a multiple of ``size_divisible``, and the
-        padding mask ``[B, H', W']`` (True on padding)."""
+        padding mask ``[B, H', W']`` (True on padding). The predictors' ``pad_images`` does the same
+        for a list of differently sized images with Python loops; this one stays symbolic in the
+        exported graph (the batch shares one size)."""
         height, width = images.shape[-2:]
         padded = F.pad(images, (0, -width % self.size_divisible, 0, -height % self.size_divisible))
         rows = torch.arange(padded.shape[-2], device=images.device) >= height
