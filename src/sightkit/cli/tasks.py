@@ -91,8 +91,10 @@ def guarded(function: Callable[[], Any]) -> Any:
         if os.environ.get("SIGHTKIT_DEBUG") or not isinstance(error, user_errors()):
             raise
         report_error(error)
+        from sightkit.engine.distributed import DistributedError  # imported by user_errors() already
+
         distributed = sys.modules.get("torch.distributed")
-        if type(error).__name__ == "DistributedError" and distributed is not None and distributed.is_initialized():
+        if isinstance(error, DistributedError) and distributed is not None and distributed.is_initialized():
             # The process group is broken: gloo's threads abort the interpreter's normal shutdown
             # ("terminate called without an active exception", status -6), so leave at once.
             sys.stdout.flush()
