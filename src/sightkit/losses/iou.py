@@ -8,16 +8,18 @@ pairs; the shapes may broadcast) and returns ``[...]`` before reduction. The val
 Why these are written by hand. Autograd through torchvision's formulas keeps a dozen or
 more ``[N]`` intermediates alive until the backward pass, and every elementary operation
 (forward, backward, boolean-mask indexing) is a round trip through memory. Here each loss is
-one ``torch.autograd.Function``: the forward saves only the two input tensors (and, for
-CIoU, one ``[N]`` tensor, the derivative of ``α v`` by the angle, since its ``atan2`` are
-the dearest part to recompute), and the backward recomputes the rest of the geometry and
+one ``torch.autograd.Function``: the forward saves only the two inputs (or their copies
+by coordinate, below; and, for CIoU, one ``[N]`` tensor, the derivative of ``α v`` by the
+angle, since its ``atan2`` are the dearest part to recompute), and the backward recomputes the rest of the geometry and
 applies the chain rule derived below.
 
 How the passes run. From ``_FUSED_MIN_PAIRS`` float32 pairs up, on the CPU or a CUDA device,
 each pass is one kernel that ``torch.compile`` (inductor) generates from the same code: a
-loop over the pairs with every temporary in registers, OpenMP-parallel C++ over torch's
-intra-op threads on the CPU, Triton on CUDA. It is compiled on first use (seconds; inductor
-caches it on disk), and ``SIGHTKIT_COMPILE=0`` turns it off. Otherwise, and for the process
+loop over the pairs with every temporary in registers, OpenMP-parallel SIMD C++ over torch's
+intra-op threads on the CPU, Triton on CUDA. On the CPU the forward first copies the pairs
+into one contiguous row per coordinate, which the SIMD loops need and the backward reuses.
+It is compiled on first use (seconds; inductor caches it on disk), and
+``SIGHTKIT_COMPILE=0`` turns it off. Otherwise, and for the process
 after a failed compilation (no C++ compiler, no Triton), the eager kernels run, on the CPU
 over blocks of ``_CPU_BLOCK`` pairs so that a block's temporaries stay in the cache (one
 core), elsewhere in one go. ``benchmarks/iou_loss.py`` measures both against torchvision.
@@ -337,9 +339,34 @@ def _fused(kernel: Callable[..., _Result], *args: object) -> _Result | None:
         return None
 
 
-def _losses(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor | None]:
-    """:func:`_loss_kernel` over all pairs, fused or block by block."""
-    if _fused_wanted(a) and (result := _fused(_loss_kernel, a, b, kind, eps)) is not None:
+def _planes(boxes: Tensor) -> Tensor:
+    """Pairs ``[N, 4]`` with each coordinate contiguous: a ``[N, 4]`` view of ``[4, N]`` rows."""
+    return torch.stack(boxes.unbind(-1)).t()
+
+
+def _plane_loss_kernel(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor | None]:
+    """:func:`_loss_kernel` of pairs given as coordinate rows ``[4, N]`` (see :func:`_fused`)."""
+    return _loss_kernel(a.t(), b.t(), kind, eps)
+
+
+def _plane_grad_kernel(
+    a: Tensor,
+    b: Tensor,
+    grad: Tensor,
+    kind: str,
+    eps: float,
+    aspect_slope: Tensor | None,
+    need_a: bool,
+    need_b: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`_grad_kernel` of pairs given as coordinate rows ``[4, N]``; the gradients are ``[N, 4]``."""
+    return _grad_kernel(a.t(), b.t(), grad, kind, eps, aspect_slope, need_a, need_b)
+
+
+def _losses(a: Tensor, b: Tensor, kind: str, eps: float, fused: bool) -> tuple[Tensor, Tensor | None]:
+    """:func:`_loss_kernel` over all pairs, by the generated kernels if ``fused`` (``a`` and ``b``
+    from :func:`_planes`) and compilation works, else block by block."""
+    if fused and (result := _fused(_plane_loss_kernel, a.t(), b.t(), kind, eps)) is not None:
         return result
     blocks = _blocks(a.shape[0], a.device)
     if len(blocks) == 1:
@@ -354,23 +381,30 @@ def _losses(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor
 
 
 def _grads(
-    a: Tensor, b: Tensor, grad: Tensor, kind: str, eps: float, aspect_slope: Tensor | None, need_a: bool, need_b: bool
+    a: Tensor,
+    b: Tensor,
+    grad: Tensor,
+    kind: str,
+    eps: float,
+    aspect_slope: Tensor | None,
+    need: tuple[bool, bool],
+    fused: bool,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """:func:`_grad_kernel` over all pairs, fused or block by block."""
-    args = (kind, eps)
-    if _fused_wanted(a):
+    """:func:`_grad_kernel` over all pairs, as :func:`_losses` computes the losses."""
+    need_a, need_b = need
+    if fused and not _FUSED_FAILURES:
         # an expanded gradient (of a sum) has stride 0, which would compile a second kernel
-        result = _fused(_grad_kernel, a, b, grad.contiguous(), *args, aspect_slope, need_a, need_b)
+        result = _fused(_plane_grad_kernel, a.t(), b.t(), grad.contiguous(), kind, eps, aspect_slope, need_a, need_b)
         if result is not None:
             return result
     blocks = _blocks(a.shape[0], a.device)
     if len(blocks) == 1:
-        return _grad_kernel(a, b, grad, *args, aspect_slope, need_a, need_b)
-    grad_a = torch.empty_like(a) if need_a else None
-    grad_b = torch.empty_like(b) if need_b else None
+        return _grad_kernel(a, b, grad, kind, eps, aspect_slope, need_a, need_b)
+    grad_a = a.new_empty(a.shape) if need_a else None
+    grad_b = b.new_empty(b.shape) if need_b else None
     for block in blocks:
         slope = None if aspect_slope is None else aspect_slope[block]
-        block_a, block_b = _grad_kernel(a[block], b[block], grad[block], *args, slope, need_a, need_b)
+        block_a, block_b = _grad_kernel(a[block], b[block], grad[block], kind, eps, slope, need_a, need_b)
         if need_a:
             grad_a[block] = block_a
         if need_b:
@@ -383,18 +417,24 @@ class _IoUFamilyLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> Tensor:
-        loss, aspect_slope = _losses(boxes1, boxes2, kind, eps)
+        fused = _fused_wanted(boxes1)
+        if fused and boxes1.device.type == "cpu":
+            # Inductor's C++ kernels are vectorised only where each coordinate is contiguous (it
+            # gives up on SIMD for a loop with this many strided loads): the pairs are copied
+            # into coordinate rows once, ~2 ms per 1M pairs, and kept for the backward.
+            boxes1, boxes2 = _planes(boxes1), _planes(boxes2)
+        loss, aspect_slope = _losses(boxes1, boxes2, kind, eps, fused)
         # CIoU's angles (two atan2 per pair) are the dearest part to recompute; one [N] is kept
         ctx.save_for_backward(boxes1, boxes2, aspect_slope)
-        ctx.kind, ctx.eps = kind, eps
+        ctx.kind, ctx.eps, ctx.fused = kind, eps, fused
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         boxes1, boxes2, aspect_slope = ctx.saved_tensors
-        need_a, need_b = ctx.needs_input_grad[:2]
-        grad1, grad2 = _grads(boxes1, boxes2, grad, ctx.kind, ctx.eps, aspect_slope, need_a, need_b)
+        need = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad1, grad2 = _grads(boxes1, boxes2, grad, ctx.kind, ctx.eps, aspect_slope, need, ctx.fused)
         return grad1, grad2, None, None
 
 
