@@ -58,6 +58,19 @@ def test_equals_the_bilinear_loop_in_float64() -> None:
     torch.testing.assert_close(ms_deform_attn(value, SHAPES, locations, weights), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_bfloat16_values_are_sampled_and_summed_in_float32() -> None:
+    # The result is the float64 definition on the bfloat16 inputs, rounded once to bfloat16 (within
+    # one bfloat16 step, 2**-8 relative): sampling and summing in bfloat16 would round every term.
+    value, locations, weights = random_inputs(queries=8, dim=16, points=4)
+    value = value.to(torch.bfloat16)
+    expected = reference_ms_deform_attn(value.double(), SHAPES, locations.float().double(), weights.float().double())
+    got = ms_deform_attn(value, SHAPES, locations.float(), weights.float())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), expected, rtol=2**-8, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(ms_deform_attn(value, SHAPES, locations.float(), weights.float()), got)
+
+
 def test_a_pixel_centre_reads_that_pixel() -> None:
     """Hand value: one level, one point at the centre of pixel (row 1, column 2) of a 3 x 4 map."""
     value = torch.arange(12.0).reshape(1, 12, 1, 1)
@@ -87,6 +100,8 @@ def test_bad_shapes_are_errors() -> None:
         ValueError, match=r"sampling_locations must have shape \[B, Q, M, L, P, 2\] = \[2, 3, 2, 2, 2, 2\]"
     ):
         ms_deform_attn(value, SHAPES[:2], locations, weights)
+    with pytest.raises(ValueError, match=r"spatial_shapes must hold at least one \(h, w\) pair, got none"):
+        ms_deform_attn(value, [], locations, weights)
     with pytest.raises(ValueError, match=r"attention_weights must have shape \[B, Q, M, L, P\] = \[2, 3, 2, 3, 2\]"):
         ms_deform_attn(value, SHAPES, locations, weights[..., :1])
 

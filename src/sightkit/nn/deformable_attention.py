@@ -54,12 +54,15 @@ def ms_deform_attn(
         attention_weights: ``[B, Q, M, L, P]``, usually a softmax over ``L x P``.
 
     Returns:
-        ``[B, Q, M * D]``, the heads concatenated.
+        ``[B, Q, M * D]``, the heads concatenated, in ``value``'s dtype (bfloat16 and float16
+        values are sampled and summed in float32).
     """
     if not isinstance(value, Tensor) or value.ndim != 4:
         raise ValueError(f"value must be a tensor of shape [B, N, M, D], got {_describe(value)}")
     batch, tokens, heads, head_dim = value.shape
     levels = len(spatial_shapes)
+    if not levels:
+        raise ValueError("spatial_shapes must hold at least one (h, w) pair, got none")
     if not isinstance(sampling_locations, Tensor) or sampling_locations.ndim != 6:
         raise ValueError(
             f"sampling_locations must be a tensor of shape [B, Q, M, L, P, 2], got {_describe(sampling_locations)}"
@@ -86,20 +89,28 @@ def ms_deform_attn(
             f"value has N = {tokens} tokens but spatial_shapes {list(spatial_shapes)} account for "
             f"{sum(h * w for h, w in spatial_shapes)}"
         )
-    value_levels = value.split([h * w for h, w in spatial_shapes], dim=1)
+    # Bilinear sampling in float32 at least: under CPU autocast grid_sample casts its bfloat16 or
+    # float16 inputs to float32 anyway, once per level; casting the value once is cheaper, and
+    # the weighted sum below then also runs in float32 (float64 stays float64 for gradcheck).
+    dtype = torch.promote_types(value.dtype, torch.float32)
+    value_levels = value.to(dtype).split([h * w for h, w in spatial_shapes], dim=1)
     # grid_sample wants coordinates in [-1, 1].
-    grids = 2 * sampling_locations - 1
-    sampled = []
+    grids = 2 * sampling_locations.to(dtype) - 1
+    # [B, Q, M, L, P] -> [B*M, L, P, Q]
+    weights = attention_weights.to(dtype).permute(0, 2, 3, 4, 1).flatten(0, 1)
+    output = value.new_zeros((batch * heads, head_dim, queries), dtype=dtype)
     for level, (height, width) in enumerate(spatial_shapes):
         # [B, h*w, M, D] -> [B*M, D, h, w]
         level_value = value_levels[level].permute(0, 2, 3, 1).reshape(batch * heads, head_dim, height, width)
-        # [B, Q, M, P, 2] -> [B*M, Q, P, 2]
-        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        sampled.append(F.grid_sample(level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
-    # [B*M, D, Q, L, P] weighted by [B*M, 1, Q, L, P], summed over levels and points.
-    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
-    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
-    return output.view(batch, heads * head_dim, queries).transpose(1, 2)
+        # [B, Q, M, P, 2] -> [B*M, P, Q, 2]: the samples come out as [B*M, D, P, Q], each point's
+        # [B*M, D, Q] slice contiguous along the queries, so that the weighted sum over points is a
+        # few vectorised multiply-adds (a sum over a last dimension of P = 4 elements, or stacking
+        # the levels into one tensor first, each cost as much again).
+        grid = grids[:, :, :, level].permute(0, 2, 3, 1, 4).flatten(0, 1)
+        sampled = F.grid_sample(level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        for point in range(points):
+            output = torch.addcmul(output, sampled[:, :, point], weights[:, None, level, point])
+    return output.to(value.dtype).view(batch, heads * head_dim, queries).transpose(1, 2)
 
 
 @export("nn.MultiScaleDeformableAttention")
