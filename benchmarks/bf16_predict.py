@@ -9,8 +9,9 @@ WEIGHTS are detection weights written by ``sightkit train detect`` (e.g. ``detr_
 trained on. For each weights file, at each thread count, in one process:
 
 - speed: ``--images`` validation images, decoded once, through ``predictor.predict_frames``
-  (preprocessing, model, postprocessing) in batches of ``--batch``, at float32 and under
-  ``autocast_context("bf16", "cpu")``, alternating; the median over ``--repeats`` passes, as images/s;
+  (preprocessing, model, postprocessing) in batches of ``--batch``, with ``precision="fp32"``
+  and ``"bf16"`` (the predictor's copy of the model prepared for bfloat16, under autocast),
+  alternating; the median over ``--repeats`` passes, as images/s;
 - accuracy (once, at the first thread count): the task's own evaluation (``sightkit eval
   detect``: COCO AP with faster-coco-eval) of the whole validation split at each precision,
   and, over the timed images, each fp32 detection scoring at least ``--conf`` against its bf16
@@ -58,8 +59,8 @@ def evaluate(predictor: object, weights: str, data: str, batch: int, precision: 
     task = get_task("detect")
     plan = task.eval_plan(DetectEvalConfig(weights=weights, data=data, batch=batch), predictor)
     loader = DataLoader(plan.dataset, batch_size=batch, collate_fn=plan.collate)
-    with autocast_context(precision, "cpu"):
-        return plan.evaluate(predictor.model, loader, None)
+    with autocast_context(precision, "cpu"):  # the network predict_frames runs at this precision
+        return plan.evaluate(predictor.inference_model(precision), loader, None)
 
 
 def detection_differences(predictor: object, frames: list[Frame], conf: float) -> dict[str, float]:
@@ -68,11 +69,8 @@ def detection_differences(predictor: object, frames: list[Frame], conf: float) -
     those matched at IoU >= 0.5, the largest score difference, and how many found no match.
     (Raw outputs are not compared query by query: a two-stage detector such as DINO selects its
     queries by score, and a near tie can select another proposal under bf16.)"""
-    settings = predictor.settings(conf=conf)
-    with autocast_context("fp32", "cpu"):
-        fp32 = predictor.predict_frames(frames, settings)
-    with autocast_context("bf16", "cpu"):
-        bf16 = predictor.predict_frames(frames, settings)
+    fp32 = predictor.predict_frames(frames, predictor.settings(conf=conf, precision="fp32"))
+    bf16 = predictor.predict_frames(frames, predictor.settings(conf=conf, precision="bf16"))
     box_gap, score_gap, unmatched, total = 0.0, 0.0, 0, 0
     for ours, theirs in zip(fp32, bf16, strict=True):
         for box, score, label in zip(ours.boxes, ours.scores, ours.labels, strict=True):
@@ -100,13 +98,12 @@ def detection_differences(predictor: object, frames: list[Frame], conf: float) -
 def images_per_second(predictor: object, frames: list[Frame], batch: int, repeats: int) -> dict[str, float]:
     """Images/s at each precision: the median over ``repeats`` passes, fp32 and bf16 alternating
     so that a change in machine load falls on both."""
-    settings = predictor.settings()
 
     def run(precision: str) -> float:
+        settings = predictor.settings(precision=precision)
         start = time.perf_counter()
-        with autocast_context(precision, "cpu"):
-            for first in range(0, len(frames), batch):
-                predictor.predict_frames(frames[first : first + batch], settings)
+        for first in range(0, len(frames), batch):
+            predictor.predict_frames(frames[first : first + batch], settings)
         return time.perf_counter() - start
 
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}

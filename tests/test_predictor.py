@@ -6,6 +6,7 @@ detections chain into top-down pose through the COCO results file."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import http.server
 import io
@@ -255,6 +256,29 @@ def test_precision_runs_the_model_under_bf16_autocast(tmp_path: Path) -> None:
     assert (half.masks == full.masks).mean() > 0.9  # bf16 keeps 8 bits of mantissa: nearly the same classes
     with pytest.raises(ValueError, match="precision must be one of"):
         predictor(image, precision="fp8")
+
+
+def test_bf16_runs_a_copy_of_the_model_prepared_once(tmp_path: Path) -> None:
+    _, weights = tiny_weights("unet_r18_tiny", tmp_path / "w.safetensors")
+    predictor = sightkit.load(weights, "cpu")
+    model = predictor.model
+    first = next(model.parameters())
+    image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    prepared = predictor.inference_model("bf16")
+    assert prepared is not model and predictor.inference_model("fp32") is model
+    assert next(prepared.parameters()).dtype == torch.bfloat16
+    predictor(image, precision="bf16")
+    # the call ran the prepared copy and put the model back, untouched
+    assert predictor.model is model and first.dtype == torch.float32
+    assert predictor.inference_model("bf16") is prepared
+    # new weights in place (as load_state_dict writes them) or a new model: prepared again
+    with torch.no_grad():
+        first.add_(1.0)
+    again = predictor.inference_model("bf16")
+    assert again is not prepared
+    torch.testing.assert_close(next(again.parameters()), first.to(torch.bfloat16), rtol=0, atol=0)
+    predictor.model = copy.deepcopy(model)
+    assert predictor.inference_model("bf16") is not again
 
 
 def _frame(image: np.ndarray) -> object:

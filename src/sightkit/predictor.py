@@ -23,6 +23,7 @@ with their defaults from :attr:`Predictor.options`.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sightkit._api import export
-from sightkit.engine.precision import autocast_context, check_precision
+from sightkit.engine.precision import autocast_context, check_precision, prepare_for_inference
 
 if TYPE_CHECKING:
     from sightkit.data.sources import Frame
@@ -87,6 +88,10 @@ class Predictor:
         self.names: list[str] = []
         self.skipped: list[tuple[str, str]] = []
         self._companions: dict[str, Predictor] = {}
+        # precision -> (the model it was prepared from, its weights' versions then, the prepared model)
+        self._prepared: dict[str, tuple[nn.Module, int, nn.Module]] = {}
+        # predict_frames puts the prepared model in self.model for the forward call only
+        self._forward_lock = threading.RLock()
 
     @property
     def name(self) -> str:
@@ -198,9 +203,29 @@ class Predictor:
     def predict_frames(self, frames: Sequence[Frame], settings: dict[str, Any]) -> list[Results]:
         """The results of one batch of frames (``settings`` as :meth:`settings` returns them)."""
         inputs = self.preprocess(frames, settings)
-        with autocast_context(settings["precision"], self.device):  # the model call only: postprocessing in float32
-            outputs = self.forward(inputs)
+        precision = settings["precision"]
+        with self._forward_lock:
+            model, self.model = self.model, self.inference_model(precision)
+            try:  # the model call only under autocast: postprocessing in float32
+                with autocast_context(precision, self.device):
+                    outputs = self.forward(inputs)
+            finally:
+                self.model = model
         return self.postprocess(outputs, inputs, frames, settings)
+
+    def inference_model(self, precision: str) -> nn.Module:
+        """The network :meth:`predict_frames` runs at ``precision``: :attr:`model` at ``"fp32"``; at
+        ``"bf16"`` its copy with channels-last, bfloat16 convolution and linear weights
+        (:func:`~sightkit.engine.precision.prepare_for_inference`), made once and again only when
+        :attr:`model` is replaced or its weights change in place."""
+        check_precision(precision)
+        # Any in-place change of a parameter or buffer (load_state_dict, an optimiser step) bumps its version.
+        version = sum(tensor._version for tensor in itertools.chain(self.model.parameters(), self.model.buffers()))
+        source, source_version, prepared = self._prepared.get(precision, (None, -1, None))
+        if source is not self.model or source_version != version:
+            prepared = prepare_for_inference(self.model, precision)
+            self._prepared[precision] = (self.model, version, prepared)
+        return prepared
 
     def preprocess(self, frames: Sequence[Frame], settings: dict[str, Any]) -> Any:
         """The model's inputs for a batch of frames."""

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sightkit.engine.precision import PRECISIONS, autocast_context, check_precision
+from sightkit.engine.precision import PRECISIONS, autocast_context, check_precision, prepare_for_inference
 
 
 def test_fp32_is_a_null_context() -> None:
@@ -41,3 +41,60 @@ def test_check_precision() -> None:
         autocast_context("BF16", "cpu")
     with pytest.raises(ValueError, match=r"precision 'bf16' needs device 'cpu' or 'cuda', got 'meta'"):
         autocast_context("bf16", "meta")
+
+
+def small_network() -> torch.nn.Module:
+    """Convolution, BatchNorm, pooling and a linear head, with non-trivial BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, 10),
+    )
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_prepare_for_inference_at_fp32_is_the_model_itself() -> None:
+    model = small_network()
+    assert prepare_for_inference(model, "fp32") is model
+    with pytest.raises(ValueError, match=r"precision must be one of .* got 'fp16'"):
+        prepare_for_inference(model, "fp16")
+
+
+def test_prepare_for_inference_at_bf16_computes_what_autocast_computes_on_the_model() -> None:
+    model = small_network()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    prepared = prepare_for_inference(model, "bf16")
+    # the model itself is left as it was: float32, contiguous, the same values
+    for name, tensor in model.state_dict().items():
+        assert tensor.dtype == before[name].dtype and tensor.is_contiguous(), name
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
+    # the copy: channels-last bfloat16 convolution weights, bfloat16 linear weights, the rest float32
+    assert prepared[0].weight.dtype == prepared[4].weight.dtype == prepared[7].weight.dtype == torch.bfloat16
+    assert prepared[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert prepared[0].bias.dtype == prepared[1].weight.dtype == prepared[1].running_var.dtype == torch.float32
+    assert not prepared.training
+    images = torch.rand(4, 3, 16, 16)
+    with torch.inference_mode(), autocast_context("bf16", "cpu"):
+        expected, got = model(images), prepared(images)
+    with torch.inference_mode():
+        full = model(images)
+    # autocast rounds the same weights to bfloat16: equal up to the convolutions' summation
+    # order, a small fraction of what bfloat16 changes against float32
+    assert got.dtype == expected.dtype == torch.bfloat16
+    gap, bf16_error = (got.float() - expected.float()).abs().max(), (expected.float() - full).abs().max()
+    assert bf16_error > 0
+    assert gap <= 0.25 * bf16_error
+
+
+def test_prepare_for_inference_leaves_a_model_without_layers_to_cast() -> None:
+    model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.LayerNorm(4))
+    assert prepare_for_inference(model, "bf16") is model

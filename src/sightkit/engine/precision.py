@@ -13,14 +13,21 @@ Predictors, evaluation and the server wrap their model call::
 
     with autocast_context(precision, device):
         outputs = model(images, mask)
+
+Predictors also run a model prepared once for bfloat16 (:func:`prepare_for_inference`):
+autocast alone re-casts every weight to bfloat16 on every call, and oneDNN reorders
+contiguous convolution weights and activations to its blocked channels-last layout on every
+call as well.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any
 
 import torch
+from torch import nn
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -53,3 +60,38 @@ def autocast_context(precision: str, device: torch.device | str) -> contextlib.A
     if device_type not in ("cpu", "cuda"):
         raise ValueError(f"precision 'bf16' needs device 'cpu' or 'cuda', got {str(device)!r}")
     return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+def prepare_for_inference(model: nn.Module, precision: str) -> nn.Module:
+    """The model to run under :func:`autocast_context` at ``precision``, prepared once.
+
+    ``"fp32"``: ``model`` itself. ``"bf16"``: an inference copy (``model`` is left as it is) with
+    the weights of its convolutions in channels-last memory order, so that their activations,
+    and the pooling and normalisation between them, stay channels-last as oneDNN's and cuDNN's
+    bfloat16 kernels want them (on ``dino_r18_tiny`` the stem's max pooling alone took 5x longer
+    on contiguous bfloat16 activations), and the weights of its convolutions and linear layers
+    cast to bfloat16, which autocast would otherwise do again on every call. Biases, norms and
+    embeddings stay float32, as autocast leaves them; the copy computes what autocast computes
+    on ``model``, up to the summation order of the channels-last convolutions.
+
+    Args:
+        model: a network in eval mode.
+        precision: ``"fp32"`` or ``"bf16"``.
+
+    Returns:
+        ``model`` (at ``"fp32"``, or when it holds no convolution or linear layer) or its prepared
+        copy, to be called under ``autocast_context(precision, device)`` only.
+
+    Raises:
+        ValueError: an unknown ``precision``.
+    """
+    check_precision(precision)
+    layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    # A model without such layers (e.g. onnxruntime behind a Module) has nothing to prepare.
+    if precision == "fp32" or not any(isinstance(module, layers) for module in model.modules()):
+        return model
+    prepared = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    for module in prepared.modules():
+        if isinstance(module, layers):
+            module.weight.data = module.weight.data.to(torch.bfloat16)
+    return prepared.eval()
