@@ -71,6 +71,18 @@ def test_postprocess_by_hand() -> None:
     torch.testing.assert_close(found["landmarks"][0, 0], torch.tensor([0.0, 3.0]))
 
 
+def test_postprocess_clips_boxes_to_the_image_but_not_landmarks() -> None:
+    outputs = {
+        "logits": torch.tensor([[3.0, 2.0]]),
+        "boxes": torch.tensor([[[-4.0, 2, 8, 9], [30.0, 40, 70, 55]]]),  # apart: both kept
+        "landmarks": torch.full((1, 2, 5, 2), -1.0),
+    }
+    (found,) = face_detector_postprocess(outputs, 0.5, 0.4, scale=torch.tensor([[2.0, 1.0]]), image_sizes=[(50, 100)])
+    # scaled x by 2: [-8, 2, 16, 9] and [60, 40, 140, 55]; clipped to width 100 and height 50
+    torch.testing.assert_close(found["boxes"], torch.tensor([[0.0, 2, 16, 9], [60, 40, 100, 50]]))
+    torch.testing.assert_close(found["landmarks"], torch.full((2, 5, 2), -1.0) * torch.tensor([2.0, 1.0]))
+
+
 @pytest.mark.slow
 def test_overfits_synthetic_face_scenes(tmp_path: Path) -> None:
     # 6 scenes of 96 px or less with 12 faces of 9 to 30 px: 60 AdamW steps find every face

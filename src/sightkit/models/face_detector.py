@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from sightkit._api import export
 from sightkit.models.backbones import ResNetBackbone
@@ -96,6 +96,7 @@ def face_detector_postprocess(
     iou_threshold: float = 0.4,
     top_k: int = 100,
     scale: Tensor | None = None,
+    image_sizes: Tensor | None = None,
 ) -> list[dict[str, Tensor]]:
     """Faces per image from :class:`FaceDetector`'s outputs: score above ``score_threshold``,
     NMS at ``iou_threshold`` (RetinaFace's 0.4), at most ``top_k``.
@@ -103,6 +104,9 @@ def face_detector_postprocess(
     Args:
         scale: ``[B, 2]`` (sx, sy) multiplying x and y back to the original image's pixels
             (the inverse of a resize), or ``None``.
+        image_sizes: ``[B, 2]`` (height, width) of each image in the pixels of the result
+            (after ``scale``): boxes are clipped to it, as a face cut by the border is. Landmarks
+            are not: an occluded eye's estimate may lie outside the picture. ``None``: no clipping.
 
     Returns:
         Per image ``{"boxes": [K, 4] xyxy, "scores": [K], "landmarks": [K, 5, 2]}``.
@@ -117,6 +121,8 @@ def face_detector_postprocess(
         if scale is not None:
             boxes = boxes * scale[index].repeat(2)
             landmarks = landmarks * scale[index]
+        if image_sizes is not None:
+            boxes = clip_boxes_to_image(boxes, tuple(int(side) for side in image_sizes[index]))
         results.append({"boxes": boxes, "scores": found, "landmarks": landmarks})
     return results
 

@@ -119,7 +119,10 @@ class FaceBoxAP:
         task = progress.add_task("evaluating", total=len(loader)) if progress is not None else None
         for inputs, targets in loader:
             outputs = model(inputs["images"].to(device))
-            found = face_detector_postprocess(outputs, self.score_threshold, scale=_scale(targets, device))
+            sizes = torch.stack([t["orig_size"] for t in targets])
+            found = face_detector_postprocess(
+                outputs, self.score_threshold, scale=_scale(targets, device), image_sizes=sizes
+            )
             evaluator.update(
                 {
                     t["image_id"]: {
@@ -174,7 +177,8 @@ class FaceDetectPredictor(Predictor):
     def postprocess(
         self, outputs: dict[str, Tensor], inputs: dict[str, Tensor], frames: Sequence[Any], settings: dict[str, Any]
     ) -> list[Results]:
-        found = face_detector_postprocess(outputs, settings["conf"], scale=inputs["scale"])
+        sizes = torch.tensor([frame.image.shape[:2] for frame in frames])
+        found = face_detector_postprocess(outputs, settings["conf"], scale=inputs["scale"], image_sizes=sizes)
         return [
             frame_results(
                 frame,
