@@ -33,6 +33,7 @@ import torch.distributed as dist
 from faster_coco_eval import COCO, COCOeval_faster
 from matplotlib.figure import Figure
 from rich.table import Table
+from rich.text import Text
 from torch import Tensor
 
 from sightkit._api import export
@@ -228,7 +229,7 @@ class CocoEvaluator:
         for row in self.per_class_ap():
             label = "-" if row["label"] is None else str(row["label"])
             aps = ["-" if row[k] < 0 else f"{row[k]:.3f}" for k in ("AP", "AP50", "AP75")]
-            table.add_row(row["name"], str(row["category_id"]), label, str(row["gt"]), *aps)
+            table.add_row(Text(str(row["name"])), str(row["category_id"]), label, str(row["gt"]), *aps)
         return table
 
     def plot_precision_recall(self, path: str | os.PathLike[str], iou: float | None = 0.5) -> Figure:

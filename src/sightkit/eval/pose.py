@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from faster_coco_eval import COCO
 from rich.table import Table
+from rich.text import Text
 from torch import Tensor
 
 from sightkit._api import export
@@ -126,7 +127,7 @@ def keypoint_error_table(rows: Sequence[dict[str, Any]], threshold: float = 0.05
             "-" if math.isnan(value) else f"{value:.{digits}f}"
             for value, digits in zip(values, (2, 2, 4, 3), strict=True)
         ]
-        table.add_row(row["name"], str(row["labelled"]), *shown)
+        table.add_row(Text(str(row["name"])), str(row["labelled"]), *shown)
     return table
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from matplotlib.figure import Figure
 from rich.table import Table
+from rich.text import Text
 from torch import Tensor
 
 from sightkit._api import export
@@ -185,7 +186,7 @@ class SegmentationEvaluator:
             table.add_column(column, justify="left" if column == "class" else "right")
         for row in self.per_class():
             values = ["-" if np.isnan(row[key]) else f"{row[key]:.4f}" for key in ("IoU", "accuracy")]
-            table.add_row(str(row["name"]), *values, str(row["pixels"]))
+            table.add_row(Text(str(row["name"])), *values, str(row["pixels"]))
         return table
 
     def plot_confusion(self, path: str | os.PathLike[str]) -> Figure:
