@@ -279,6 +279,12 @@ def test_bf16_runs_a_copy_of_the_model_prepared_once(tmp_path: Path) -> None:
     torch.testing.assert_close(next(again.parameters()), first.to(torch.bfloat16), rtol=0, atol=0)
     predictor.model = copy.deepcopy(model)
     assert predictor.inference_model("bf16") is not again
+    # a model loaded under inference_mode (as a companion detector is, during a call) has no versions
+    with torch.inference_mode():
+        loaded = sightkit.load(weights, "cpu")
+    (half,) = loaded(image, precision="bf16")
+    (expected,) = sightkit.load(weights, "cpu")(image, precision="bf16")
+    np.testing.assert_array_equal(half.masks, expected.masks)
 
 
 def _frame(image: np.ndarray) -> object:

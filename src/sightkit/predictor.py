@@ -218,9 +218,12 @@ class Predictor:
         ``"bf16"`` its copy with channels-last, bfloat16 convolution and linear weights
         (:func:`~sightkit.engine.precision.prepare_for_inference`), made once and again only when
         :attr:`model` is replaced or its weights change in place."""
-        check_precision(precision)
-        # Any in-place change of a parameter or buffer (load_state_dict, an optimiser step) bumps its version.
-        version = sum(tensor._version for tensor in itertools.chain(self.model.parameters(), self.model.buffers()))
+        if check_precision(precision) == "fp32":
+            return self.model
+        # Any in-place change of a parameter or buffer (load_state_dict, an optimiser step) bumps its
+        # version; tensors made under inference_mode (a companion model loaded during a call) have none.
+        tensors = itertools.chain(self.model.parameters(), self.model.buffers())
+        version = sum(0 if tensor.is_inference() else tensor._version for tensor in tensors)
         source, source_version, prepared = self._prepared.get(precision, (None, -1, None))
         if source is not self.model or source_version != version:
             prepared = prepare_for_inference(self.model, precision)
