@@ -281,6 +281,8 @@ class FacePredictor(Predictor):
             faces = detector.predict_frames(frames, detector.settings(conf=settings["conf"]))
             aligned = []
             for frame, found in zip(frames, faces, strict=True):
+                if not len(found.scores):
+                    continue  # align_faces refuses an empty batch of faces
                 landmarks = torch.from_numpy(found.landmarks).double() - 0.5  # alignment puts pixel centres at integers
                 image, index = image_tensor(frame)[None].float(), torch.zeros(len(landmarks), dtype=torch.long)
                 aligned.append(align_faces(image, landmarks, self.imgsz, index)[0])
@@ -319,14 +321,17 @@ class FacePredictor(Predictor):
 
 
 class NormalisedEmbedder(nn.Module):
-    """The embedder with L2-normalised output, for export: ``crops [B, 3, S, S] -> ([B, D],)``."""
+    """The embedder for export: ``crops [B, 3, S, S] -> (embedding [B, D], features [B, D])``, the
+    L2-normalised embedding and the raw features it normalises (the flip test adds the raw
+    features of a crop and its mirror before normalising, :func:`~sightkit.models.embed_faces`)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, crops: Tensor) -> tuple[Tensor]:
-        return (F.normalize(self.model(crops), dim=1),)
+    def forward(self, crops: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.model(crops).float()
+        return F.normalize(features, dim=1), features
 
 
 # --------------------------------------------------------------------------- the task
@@ -385,8 +390,14 @@ class FaceTask(Task):
     def predict_options(self, config: FacePredictConfig) -> dict[str, Any]:
         return {"detector": config.detector or None, "flip": config.flip}
 
+    def onnx_predictor(self, model: nn.Module, metadata: dict[str, str], device: Any) -> FacePredictor:
+        from sightkit.tasks.onnx_predictor import OnnxFacePredictor
+
+        return OnnxFacePredictor(model, metadata, device)
+
     def export_spec(self, predictor: FacePredictor, imgsz: int = 0) -> ExportSpec:
-        """The embedder with normalised output, an example input ``crops`` [2, 3, S, S] (aligned,
+        """The embedder with outputs ``embedding`` (L2-normalised) and ``features`` (raw,
+        :class:`NormalisedEmbedder`), an example input ``crops`` [2, 3, S, S] (aligned,
         normalised), a dynamic batch axis. The crop side is fixed by the embedder's fully
         connected layer, so ``imgsz`` must be 0 or it."""
         if imgsz and imgsz != predictor.imgsz:
@@ -398,7 +409,7 @@ class FaceTask(Task):
             module=NormalisedEmbedder(predictor.model),
             name=predictor.name,
             inputs={"crops": torch.randn(2, 3, side, side)},
-            output_names=["embedding"],
+            output_names=["embedding", "features"],
             dynamic_shapes={"crops": {0: torch.export.Dim("batch", max=1024)}},
         )
 

@@ -267,15 +267,26 @@ class FaceDetectTask(Task):
         title = f"face boxes, {len(dataset)} images of {annotations.name}"
         return EvalPlan(dataset, FaceCollate(), evaluate, title, folder=f"eval_{config.split}")
 
+    def onnx_predictor(self, model: nn.Module, metadata: dict[str, str], device: Any) -> FaceDetectPredictor:
+        from sightkit.tasks.onnx_predictor import OnnxFaceDetectPredictor
+
+        return OnnxFaceDetectPredictor(model, metadata, device)
+
     def export_spec(self, predictor: FaceDetectPredictor, imgsz: int = 0) -> ExportSpec:
-        """``images`` [B, 3, S, S] normalised, dynamic batch; outputs ``logits``, ``boxes``, ``landmarks``."""
+        """``images`` [B, 3, H, W] normalised, an example of side ``imgsz`` rounded up to a multiple
+        of 32; batch, height and width dynamic (multiples of 32, the predictor's padding); outputs
+        ``logits``, ``boxes``, ``landmarks`` (:class:`~sightkit.models.FaceDetector`'s, in the input's
+        pixels). The point grid is made of the feature map's symbolic size, so one graph runs the
+        padded batches of :class:`FaceDetectPredictor` at any size."""
         side = -(-(imgsz or predictor.imgsz) // 32) * 32
+        batch = torch.export.Dim("batch", max=64)
+        height, width = torch.export.Dim("height_32", max=256), torch.export.Dim("width_32", max=256)
         return ExportSpec(
             module=OnnxFaceDetector(predictor.model),
             name=predictor.name,
             inputs={"images": torch.randn(2, 3, side, side)},  # 2: a batch of 1 would be specialised
             output_names=["logits", "boxes", "landmarks"],
-            dynamic_shapes={"images": {0: torch.export.Dim("batch", max=64)}},
+            dynamic_shapes={"images": {0: batch, 2: 32 * height, 3: 32 * width}},
         )
 
 

@@ -11,7 +11,12 @@ onnxruntime runs in place of the PyTorch module. Preprocessing is the PyTorch pr
   mask and applies the family's postprocess (top-k or NMS), so images of one size run as one
   batch and the others one by one; boxes come back in the resized image's pixels and are
   scaled to the original's;
-- segment and pose: the task's own predictor, its module replaced by the :class:`OnnxModel`.
+- segment and pose: the task's own predictor, its module replaced by the :class:`OnnxModel`;
+- face_detect (:class:`OnnxFaceDetectPredictor`): the PyTorch predictor's resize and padded
+  batch, which the graph (dynamic height and width) takes as it is;
+- face (:class:`OnnxFacePredictor`): the PyTorch predictor's crops (whole images or the faces of
+  ``detector=``, itself a weights or ONNX file); the flip test adds the graph's raw ``features``
+  of a crop and its mirror before normalising, as :func:`~sightkit.models.embed_faces` does.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import tv_tensors
 
@@ -28,6 +34,8 @@ from sightkit._api import export
 from sightkit.predictor import Predictor, frame_results, image_tensor, resolve_device
 from sightkit.tasks.detect import TASK as DETECT
 from sightkit.tasks.detect import DetectPredictor
+from sightkit.tasks.face import FacePredictor
+from sightkit.tasks.face_detect import FaceDetectPredictor
 from sightkit.tasks.registry import Task
 
 if TYPE_CHECKING:
@@ -135,6 +143,70 @@ class OnnxDetectPredictor(DetectPredictor):
                 )
             )  # fmt: skip
         return results
+
+
+@export("tasks.OnnxFaceDetectPredictor")
+class OnnxFaceDetectPredictor(FaceDetectPredictor):
+    """A face detector exported by ``sightkit export onnx`` (raw ``logits``, ``boxes``,
+    ``landmarks``; dynamic batch, height and width), called on images like
+    :class:`~sightkit.tasks.FaceDetectPredictor`: the same resize, padded batch and
+    postprocess (NMS, boxes scaled to the original's pixels and clipped to it), so the same
+    Results up to onnxruntime's float rounding.
+
+    Raises:
+        ValueError: the graph's input has a fixed height or width (files exported before the
+            export made them dynamic): the predictor's batches have other sizes.
+    """
+
+    def __init__(self, model: nn.Module, metadata: dict[str, str], device: Any = None) -> None:
+        height, width = model.session.get_inputs()[0].shape[-2:]
+        if isinstance(height, int) or isinstance(width, int):
+            raise ValueError(
+                f"weights={str(model.path)!r} takes images of a fixed size {height} x {width}, while the predictor "
+                "resizes each image by its aspect ratio; export the .safetensors weights again with `sightkit export "
+                "onnx`, whose graph takes any height and width"
+            )
+        super().__init__(model, metadata, device)
+
+
+@export("tasks.OnnxFacePredictor")
+class OnnxFacePredictor(FacePredictor):
+    """A face embedder exported by ``sightkit export onnx``, called on images like
+    :class:`~sightkit.tasks.FacePredictor` (options ``conf``, ``detector``, ``flip``): the same
+    crops and ``Results.embeddings`` up to onnxruntime's float rounding.
+
+    The graph's ``embedding`` is already normalised; the flip test needs the raw ``features``
+    (the embedding of a crop and of its mirror are added before normalising), which files
+    exported since the ``features`` output was added carry. Files with ``embedding`` alone give
+    the exact embeddings without flip; with flip they add the two unit embeddings, which weighs
+    the crop and its mirror equally (the PyTorch predictor weighs them by their feature norms).
+    """
+
+    #: Crops per onnxruntime call (as :func:`~sightkit.models.embed_faces`).
+    chunk: ClassVar[int] = 256
+
+    def __init__(self, model: nn.Module, metadata: dict[str, str], device: Any = None) -> None:
+        super().__init__(model, metadata, device)
+        size = model.session.get_outputs()[0].shape[-1]
+        self.num_features = size if isinstance(size, int) else int(metadata["embedding"])
+
+    def forward(self, inputs: dict[str, Any]) -> Tensor:
+        crops = inputs["crops"]
+        if not len(crops):
+            return crops.new_zeros(0, self.num_features)
+        chunks = []
+        for start in range(0, len(crops), self.chunk):
+            chunk = crops[start : start + self.chunk]
+            features = self._features(chunk)
+            if inputs["flip"]:
+                features = features + self._features(chunk.flip(-1))
+            chunks.append(F.normalize(features, dim=1))
+        return torch.cat(chunks)
+
+    def _features(self, crops: Tensor) -> Tensor:
+        """``[N, D]`` raw features, or the unit embeddings of a file without them."""
+        outputs = self.model(crops)
+        return outputs["features"] if isinstance(outputs, dict) else outputs
 
 
 @export("tasks.load_onnx")
