@@ -98,3 +98,34 @@ def test_prepare_for_inference_at_bf16_computes_what_autocast_computes_on_the_mo
 def test_prepare_for_inference_leaves_a_model_without_layers_to_cast() -> None:
     model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.LayerNorm(4))
     assert prepare_for_inference(model, "bf16") is model
+
+
+class ProjectedAttention(torch.nn.Module):
+    """A linear layer, then self-attention over its outputs (as a DETR encoder layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 16)
+        self.attn = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(x)
+        return self.attn(y + 1, y + 1, y)[0]
+
+
+def test_prepare_for_inference_at_bf16_computes_attention_in_float32() -> None:
+    torch.manual_seed(0)
+    model = ProjectedAttention().eval()
+    prepared = prepare_for_inference(model, "bf16")
+    assert isinstance(prepared.attn, torch.nn.MultiheadAttention)
+    assert prepared.proj.weight.dtype == torch.bfloat16
+    assert prepared.attn.in_proj_weight.dtype == prepared.attn.out_proj.weight.dtype == torch.float32
+    x = torch.randn(2, 5, 8)
+    with torch.inference_mode():
+        with autocast_context("bf16", "cpu"):
+            got = prepared(x)
+            y = model.proj(x)  # the linear layer in bfloat16, as before
+            shifted = y + 1
+        expected = model.attn(shifted.float(), shifted.float(), y.float())[0]  # attention in float32
+    assert y.dtype == shifted.dtype == torch.bfloat16 and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
