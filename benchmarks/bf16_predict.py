@@ -1,14 +1,15 @@
 """bfloat16 inference against float32: images per second through a detection predictor, and
 what it costs in accuracy (COCO AP on a validation set, the largest box and score difference).
 
-``python -m benchmarks bf16_predict WEIGHTS [WEIGHTS ...] --data FOLDER [--images 64] [--batch 8]
-[--repeats 7] [--threads 1 2]``
+``python -m benchmarks bf16_predict WEIGHTS [WEIGHTS ...] --data FOLDER [FOLDER ...] [--images 64]
+[--batch 8] [--repeats 7] [--threads 1 2]``
 
 WEIGHTS are detection weights written by ``sightkit train detect`` (e.g. ``detr_r18_tiny`` and
 ``dino_r18_tiny`` trained on the synthetic shapes); ``--data`` the COCO folder they were
-trained on. For each weights file, at each thread count, in one process:
+trained on, one for all or one per weights file. For each weights file, at each thread count,
+in one process:
 
-- speed: ``--images`` validation images, decoded once, through ``predictor.predict_frames``
+- speed: the first ``--images`` images of the folder, decoded once, through ``predictor.predict_frames``
   (preprocessing, model, postprocessing) in batches of ``--batch``, with ``precision="fp32"``
   and ``"bf16"`` (the predictor's copy of the model prepared for bfloat16, under autocast),
   alternating; the median over ``--repeats`` passes, as images/s;
@@ -17,6 +18,26 @@ trained on. For each weights file, at each thread count, in one process:
   and, over the timed images, each fp32 detection scoring at least ``--conf`` against its bf16
   counterpart (same class, largest IoU): the largest box difference in pixels and score
   difference, and the count without a counterpart at IoU 0.5.
+
+How the weights of ``benchmarks/results/bf16_predict.json`` were made: from scratch (no
+pretrained backbone), each on one CPU core (``OMP_NUM_THREADS=1``) in under 30 minutes::
+
+    # detr_r18_tiny: 64-pixel shapes, one object of two classes, 5 queries. DETR's set matching
+    # learns the classes slowly: with 3 objects, 3 classes and 20 queries (lr 1e-3) AP stayed ~0
+    # after 5,000 steps, and with 1 object, 3 classes and 20 queries (lr 1e-4) it was 0.01 after 2,000.
+    sightkit data synth shapes out=shapes_one images=1000 seed=0 size=64 classes=2 max_objects=1 \
+        min_radius=0.2 max_radius=0.4
+    sightkit train detect model=detr_r18_tiny data=shapes_one out=detr imgsz=64 max_size=80 \
+        steps=6000 epochs=0 batch=8 lr=2e-4 backbone_lr_mult=1 warmup_steps=100 clip_grad_norm=0.1 \
+        eval_every=500 seed=0 workers=0 'model_args={num_queries: 5}'
+    # dino_r18_tiny: 96-pixel shapes, up to three objects of three classes
+    sightkit data synth shapes out=shapes_easy images=800 seed=0 size=96 classes=3 max_objects=3 \
+        min_radius=0.15 max_radius=0.3
+    sightkit train detect model=dino_r18_tiny data=shapes_easy out=dino imgsz=96 max_size=128 \
+        steps=400 epochs=0 batch=8 lr=1e-3 backbone_lr_mult=1 warmup_steps=60 clip_grad_norm=0 \
+        eval_every=200 seed=0 workers=0
+    python -m benchmarks bf16_predict detr/best.safetensors dino/best.safetensors \
+        --data shapes_one shapes_easy --images 32 --repeats 5 --threads 1 2
 
 bfloat16 pays where the CPU has bfloat16 instructions (AVX512-BF16, AMX; printed below) and
 on CUDA from Ampere on; elsewhere autocast emulates it. The figures go to
@@ -118,7 +139,9 @@ def images_per_second(predictor: object, frames: list[Frame], batch: int, repeat
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks bf16_predict", description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="*", help="detection .safetensors files")
-    parser.add_argument("--data", default="", help="the COCO folder the weights were trained on")
+    parser.add_argument(
+        "--data", nargs="*", default=[], help="the COCO folder the weights were trained on: one, or one per weights"
+    )
     parser.add_argument("--images", type=int, default=64, help="validation images timed per pass")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7)
@@ -129,18 +152,21 @@ def main(argv: list[str]) -> None:
         # ``python -m benchmarks all`` runs every benchmark without arguments; this one needs trained weights
         print("bf16_predict needs trained detection weights and --data (see python -m benchmarks bf16_predict -h)")
         return
+    if len(args.data) not in (1, len(args.weights)):
+        parser.error(f"--data takes one folder or one per weights file ({len(args.weights)}), got {len(args.data)}")
+    folders = args.data * len(args.weights) if len(args.data) == 1 else args.data
 
     results, summary = Results("bf16_predict", args), []
     print(f"CPU bfloat16 instructions: {bf16_instructions()}")
-    for weights in args.weights:
+    for weights, data in zip(args.weights, folders, strict=True):
         predictor = load_for(get_task("detect"), weights, "cpu")
-        images_dir = Path(args.data) / "images"
+        images_dir = Path(data) / "images"
         names = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         frames = [Frame(np.array(Image.open(p).convert("RGB")), str(p)) for p in names[: args.images]]
         print(f"\n{predictor.name} ({weights}): {len(frames)} images, batch {args.batch}, median of {args.repeats}")
         accuracy: dict[str, object] = {}
         for threads in args.threads:
-            with results.at(threads, model=predictor.name, weights=weights) as entry:
+            with results.at(threads, model=predictor.name, weights=weights, data=data) as entry:
                 speed = images_per_second(predictor, frames, args.batch, args.repeats)
                 print(
                     f"  images/s: fp32 {speed['fp32']:.1f}, bf16 {speed['bf16']:.1f}, "
@@ -150,7 +176,7 @@ def main(argv: list[str]) -> None:
                 entry["images_per_s"] = {p: round(v, 2) for p, v in speed.items()}
                 entry["speedup"] = ratio(speed["bf16"], speed["fp32"])
                 if not accuracy:
-                    metrics = {p: evaluate(predictor, weights, args.data, args.batch, p) for p in ("fp32", "bf16")}
+                    metrics = {p: evaluate(predictor, weights, data, args.batch, p) for p in ("fp32", "bf16")}
                     accuracy = {
                         "AP_fp32": metrics["fp32"]["AP"],
                         "AP_bf16": metrics["bf16"]["AP"],
