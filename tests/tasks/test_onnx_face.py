@@ -20,6 +20,7 @@ from sightkit.engine.checkpoint import save_weights
 from sightkit.tasks.export import ExportConfig, ExportSpec, export_onnx
 from sightkit.tasks.face import FaceTask, NormalisedEmbedder
 from sightkit.tasks.face_detect import FaceDetectTask, OnnxFaceDetector
+from sightkit.tasks.face_gallery import build_detector
 from sightkit.tasks.onnx_predictor import OnnxFaceDetectPredictor, OnnxFacePredictor
 from tests.tasks.tiny import tiny_model, tiny_weights
 
@@ -178,3 +179,12 @@ def test_fixed_size_face_detect_onnx_is_refused(
         sightkit.load(out)
     with pytest.raises(ValueError, match="is a face_detect model, not face"):
         sightkit.tasks.load_onnx(detector_files[1], task=sightkit.tasks.registry.get_task("face"))
+
+
+def test_gallery_detector_takes_an_onnx_file(detector_files: tuple[Path, Path], scenes: list[np.ndarray]) -> None:
+    """``face enroll|identify|verify detector=det.onnx`` detects as the weights do."""
+    weights, onnx_file = detector_files
+    images = torch.from_numpy(scenes[0]).permute(2, 0, 1)[None]
+    (got,), (expected,) = build_detector(str(onnx_file)).detect(images), build_detector(str(weights)).detect(images)
+    assert len(expected["scores"]) >= 3
+    torch.testing.assert_close(got["boxes"], expected["boxes"], atol=PIXELS, rtol=0)

@@ -299,14 +299,15 @@ class Faces:
 
 def build_detector(detector: str, wheel: str = "") -> Any:
     """``None`` for face crops (``detector=''``), MTCNN with the wheel's weights (``mtcnn``), or
-    the weights of ``sightkit train face_detect`` (a ``.safetensors`` path); each has ``detect``."""
-    if detector.endswith(".safetensors"):
+    the weights of ``sightkit train face_detect`` (a ``.safetensors`` path, or the ``.onnx`` file
+    ``sightkit export onnx`` made of them); each has ``detect``."""
+    if detector.endswith((".safetensors", ".onnx")):
         from sightkit.tasks.face_detect import TrainedFaceDetector
 
         return TrainedFaceDetector(detector)
     if detector not in DETECTORS:
         raise ValueError(
-            f"detector must be '' (the images are face crops), 'mtcnn' or a face_detect .safetensors file, "
+            f"detector must be '' (the images are face crops), 'mtcnn' or a face_detect .safetensors or .onnx file, "
             f"got {detector!r}"
         )
     return load_mtcnn(wheel) if detector == "mtcnn" else None
