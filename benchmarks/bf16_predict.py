@@ -20,7 +20,8 @@ in one process:
   difference, and the count without a counterpart at IoU 0.5.
 
 How the weights of ``benchmarks/results/bf16_predict.json`` were made: from scratch (no
-pretrained backbone), each on one CPU core (``OMP_NUM_THREADS=1``) in under 30 minutes::
+pretrained backbone), each on one CPU core (``OMP_NUM_THREADS=1``): ``detr_r18_tiny`` in 25
+minutes (best AP 0.45, at step 5,500), ``dino_r18_tiny`` in 5 minutes (AP 0.23)::
 
     # detr_r18_tiny: 64-pixel shapes, one object of two classes, 5 queries. DETR's set matching
     # learns the classes slowly: with 3 objects, 3 classes and 20 queries (lr 1e-3) AP stayed ~0
