@@ -291,3 +291,32 @@ def _frame(image: np.ndarray) -> object:
     from sightkit.data.sources import Frame
 
     return Frame(image=image, path="image0")
+
+
+def test_eval_at_bf16_evaluates_the_network_predict_runs(
+    detector: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sightkit.data.synthetic.shapes import synthesize_shapes
+    from sightkit.tasks.detect import DetectEvalConfig
+    from sightkit.tasks.runner import evaluate
+
+    data = tmp_path / "shapes"
+    synthesize_shapes(out=str(data), images=3, size=64, classes=2, val_fraction=0.67, progress=False)
+    # the tiny detector's category ids are 1 and 7
+    val = json.loads((data / "annotations" / "val.json").read_text())
+    for item in val["categories"] + val["annotations"]:
+        key = "id" if "supercategory" in item or "name" in item else "category_id"
+        item[key] = {1: 1, 2: 7}[item[key]]
+    (data / "annotations" / "val.json").write_text(json.dumps(val))
+    used = []
+    inference_model = sightkit.Predictor.inference_model
+
+    def spy(self: sightkit.Predictor, precision: str) -> torch.nn.Module:
+        model = inference_model(self, precision)
+        used.append((precision, model is self.model))
+        return model
+
+    monkeypatch.setattr(sightkit.Predictor, "inference_model", spy)
+    config = DetectEvalConfig(weights=str(detector), data=str(data), precision="bf16", out=str(tmp_path / "e"))
+    evaluate(config, Console(file=io.StringIO()))
+    assert used == [("bf16", False)]  # the prepared copy, not the float32 model

@@ -133,8 +133,8 @@ def evaluate(config: Any, console: Console | None = None, task: str | Task | Non
     precision = autocast_context(check_precision(config.precision), predictor.device)
     # The default folder, next to the weights, is known only now: checked before the evaluation.
     out = check_output(config.out or Path(config.weights).parent / plan.folder, "out")
-    with Progress(console=console, transient=True) as progress, precision:
-        metrics = plan.evaluate(predictor.model, loader, progress)
+    with Progress(console=console, transient=True) as progress, precision:  # the network predict runs
+        metrics = plan.evaluate(predictor.inference_model(config.precision), loader, progress)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     console.print(metrics_table(metrics, plan.title))
