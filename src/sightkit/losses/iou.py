@@ -8,17 +8,17 @@ pairs; the shapes may broadcast) and returns ``[...]`` before reduction. The val
 Why these are written by hand. Autograd through torchvision's formulas keeps a dozen or
 more ``[N]`` intermediates alive until the backward pass, and every elementary operation
 (forward, backward, boolean-mask indexing) is a round trip through memory. Here each loss is
-one ``torch.autograd.Function``: the forward saves only the two inputs (or their copies
-by coordinate, below; and, for CIoU, one ``[N]`` tensor, the derivative of ``α v`` by the
-angle, since its ``atan2`` are the dearest part to recompute), and the backward recomputes the rest of the geometry and
+one ``torch.autograd.Function``: the forward saves only the two input tensors (and, for
+CIoU, one ``[N]`` tensor, the derivative of ``α v`` by the angle, since its ``atan2`` are
+the dearest part to recompute), and the backward recomputes the rest of the geometry and
 applies the chain rule derived below.
 
 How the passes run. From ``_FUSED_MIN_PAIRS`` float32 pairs up, on the CPU or a CUDA device,
 each pass is one kernel that ``torch.compile`` (inductor) generates from the same code: a
 loop over the pairs with every temporary in registers, OpenMP-parallel SIMD C++ over torch's
-intra-op threads on the CPU, Triton on CUDA. On the CPU the forward first copies the pairs
-into one contiguous row per coordinate, which the SIMD loops need and the backward reuses.
-It is compiled on first use (seconds; inductor caches it on disk), and
+intra-op threads on the CPU, Triton on CUDA. On the CPU the kernels run on blocks of
+``_FUSED_BLOCK`` pairs copied into one contiguous row per coordinate, which the SIMD loops
+need. It is compiled on first use (seconds; inductor caches it on disk), and
 ``SIGHTKIT_COMPILE=0`` turns it off. Otherwise, and for the process
 after a failed compilation (no C++ compiler, no Triton), the eager kernels run, on the CPU
 over blocks of ``_CPU_BLOCK`` pairs so that a block's temporaries stay in the cache (one
@@ -86,6 +86,10 @@ _CPU_BLOCK = 32768
 # by torch.compile into a few fused loops that split the pairs over every intra-op thread;
 # below it, compiling (seconds, once per process) would cost more than it saves.
 _FUSED_MIN_PAIRS = 1 << 17
+# Pairs per call of the generated kernels on the CPU (see _fused_losses): 2 MiB per copy into
+# coordinate rows, in the cache between the copy and the kernel; measured on 1M pairs, blocks
+# of 32k-1M pairs were within the noise of one another at one thread, 128k a little ahead at two.
+_FUSED_BLOCK = 1 << 17
 _FUSED_KERNELS: dict[Callable[..., object], Callable[..., object]] = {}  # eager kernel -> compiled
 _FUSED_FAILURES: list[str] = []  # why compilation failed, if it did: the process stays eager
 _Result = TypeVar("_Result")
@@ -97,9 +101,10 @@ def _check_eps(eps: float) -> None:
         raise ValueError(f"eps must be a number >= 0, got {eps!r}")
 
 
-def _blocks(n: int, device: torch.device) -> list[slice]:
-    step = _CPU_BLOCK if device.type == "cpu" else max(n, 1)
-    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+def _blocks(n: int, step: int) -> list[slice]:
+    """Slices of ``step`` pairs (the last one shorter) covering ``n`` pairs; one slice at ``n`` 0."""
+    step = max(step, 1)
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)] or [slice(0, 0)]
 
 
 class _Axis(NamedTuple):
@@ -339,36 +344,82 @@ def _fused(kernel: Callable[..., _Result], *args: object) -> _Result | None:
         return None
 
 
-def _planes(boxes: Tensor) -> Tensor:
-    """Pairs ``[N, 4]`` with each coordinate contiguous: a ``[N, 4]`` view of ``[4, N]`` rows."""
-    return torch.stack(boxes.unbind(-1)).t()
+def _rows(boxes: Tensor) -> Tensor:
+    """The coordinates of pairs ``[n, 4]`` as four contiguous rows ``[4, n]``."""
+    return torch.stack(boxes.unbind(-1))
 
 
-def _plane_loss_kernel(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor | None]:
-    """:func:`_loss_kernel` of pairs given as coordinate rows ``[4, N]`` (see :func:`_fused`)."""
+def _rows_loss_kernel(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor | None]:
+    """:func:`_loss_kernel` of pairs given as coordinate rows ``[4, n]``."""
     return _loss_kernel(a.t(), b.t(), kind, eps)
 
 
-def _plane_grad_kernel(
+def _rows_grad_kernel(
     a: Tensor,
     b: Tensor,
     grad: Tensor,
     kind: str,
     eps: float,
     aspect_slope: Tensor | None,
-    need_a: bool,
-    need_b: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    """:func:`_grad_kernel` of pairs given as coordinate rows ``[4, N]``; the gradients are ``[N, 4]``."""
-    return _grad_kernel(a.t(), b.t(), grad, kind, eps, aspect_slope, need_a, need_b)
+    out_a: Tensor | None,
+    out_b: Tensor | None,
+) -> None:
+    """:func:`_grad_kernel` of pairs given as coordinate rows ``[4, n]``, written into ``out_a``
+    and ``out_b`` (``[n, 4]``; None: not wanted), which the generated kernel stores into directly."""
+    grad_a, grad_b = _grad_kernel(a.t(), b.t(), grad, kind, eps, aspect_slope, out_a is not None, out_b is not None)
+    if out_a is not None:
+        out_a.copy_(grad_a)
+    if out_b is not None:
+        out_b.copy_(grad_b)
 
 
-def _losses(a: Tensor, b: Tensor, kind: str, eps: float, fused: bool) -> tuple[Tensor, Tensor | None]:
-    """:func:`_loss_kernel` over all pairs, by the generated kernels if ``fused`` (``a`` and ``b``
-    from :func:`_planes`) and compilation works, else block by block."""
-    if fused and (result := _fused(_plane_loss_kernel, a.t(), b.t(), kind, eps)) is not None:
+def _fused_losses(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor | None] | None:
+    """:func:`_loss_kernel` by the generated kernels; None if they cannot be compiled.
+
+    On the CPU the pairs go through in blocks of ``_FUSED_BLOCK``, each first copied into
+    coordinate rows: inductor vectorises a loop only where its loads are contiguous (it gives
+    up on SIMD for this many strided loads), and a block's rows stay in the cache between the
+    copy and the kernel, in memory that the next block reuses (copying all pairs at once costs
+    a page fault per 4 KiB of fresh memory, as much again as the copy)."""
+    if a.device.type != "cpu":
+        return _fused(_loss_kernel, a, b, kind, eps)
+    loss = a.new_empty(a.shape[0])
+    aspect_slope = a.new_empty(a.shape[0]) if kind == "ciou" else None
+    for block in _blocks(a.shape[0], _FUSED_BLOCK):
+        result = _fused(_rows_loss_kernel, _rows(a[block]), _rows(b[block]), kind, eps)
+        if result is None:
+            return None
+        loss[block] = result[0]
+        if aspect_slope is not None:
+            aspect_slope[block] = result[1]
+    return loss, aspect_slope
+
+
+def _fused_grads(
+    a: Tensor, b: Tensor, grad: Tensor, kind: str, eps: float, aspect_slope: Tensor | None, need_a: bool, need_b: bool
+) -> tuple[Tensor | None, Tensor | None] | None:
+    """:func:`_grad_kernel` by the generated kernels, as :func:`_fused_losses` runs them."""
+    # an expanded gradient (of a sum) has stride 0, which would compile a second kernel
+    grad = grad.contiguous()
+    if a.device.type != "cpu":
+        return _fused(_grad_kernel, a, b, grad, kind, eps, aspect_slope, need_a, need_b)
+    grad_a = torch.empty_like(a) if need_a else None
+    grad_b = torch.empty_like(b) if need_b else None
+    for block in _blocks(a.shape[0], _FUSED_BLOCK):
+        slope = None if aspect_slope is None else aspect_slope[block]
+        rows = _rows(a[block]), _rows(b[block])
+        outputs = (None if grad_a is None else grad_a[block], None if grad_b is None else grad_b[block])
+        _fused(_rows_grad_kernel, *rows, grad[block], kind, eps, slope, *outputs)
+        if _FUSED_FAILURES:
+            return None
+    return grad_a, grad_b
+
+
+def _losses(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor | None]:
+    """:func:`_loss_kernel` over all pairs, fused or block by block."""
+    if _fused_wanted(a) and (result := _fused_losses(a, b, kind, eps)) is not None:
         return result
-    blocks = _blocks(a.shape[0], a.device)
+    blocks = _blocks(a.shape[0], _CPU_BLOCK if a.device.type == "cpu" else a.shape[0])
     if len(blocks) == 1:
         return _loss_kernel(a, b, kind, eps)
     loss = a.new_empty(a.shape[0])
@@ -381,30 +432,20 @@ def _losses(a: Tensor, b: Tensor, kind: str, eps: float, fused: bool) -> tuple[T
 
 
 def _grads(
-    a: Tensor,
-    b: Tensor,
-    grad: Tensor,
-    kind: str,
-    eps: float,
-    aspect_slope: Tensor | None,
-    need: tuple[bool, bool],
-    fused: bool,
+    a: Tensor, b: Tensor, grad: Tensor, kind: str, eps: float, aspect_slope: Tensor | None, need_a: bool, need_b: bool
 ) -> tuple[Tensor | None, Tensor | None]:
-    """:func:`_grad_kernel` over all pairs, as :func:`_losses` computes the losses."""
-    need_a, need_b = need
-    if fused and not _FUSED_FAILURES:
-        # an expanded gradient (of a sum) has stride 0, which would compile a second kernel
-        result = _fused(_plane_grad_kernel, a.t(), b.t(), grad.contiguous(), kind, eps, aspect_slope, need_a, need_b)
-        if result is not None:
-            return result
-    blocks = _blocks(a.shape[0], a.device)
+    """:func:`_grad_kernel` over all pairs, fused or block by block."""
+    args = (kind, eps)
+    if _fused_wanted(a) and (result := _fused_grads(a, b, grad, *args, aspect_slope, need_a, need_b)) is not None:
+        return result
+    blocks = _blocks(a.shape[0], _CPU_BLOCK if a.device.type == "cpu" else a.shape[0])
     if len(blocks) == 1:
-        return _grad_kernel(a, b, grad, kind, eps, aspect_slope, need_a, need_b)
-    grad_a = a.new_empty(a.shape) if need_a else None
-    grad_b = b.new_empty(b.shape) if need_b else None
+        return _grad_kernel(a, b, grad, *args, aspect_slope, need_a, need_b)
+    grad_a = torch.empty_like(a) if need_a else None
+    grad_b = torch.empty_like(b) if need_b else None
     for block in blocks:
         slope = None if aspect_slope is None else aspect_slope[block]
-        block_a, block_b = _grad_kernel(a[block], b[block], grad[block], kind, eps, slope, need_a, need_b)
+        block_a, block_b = _grad_kernel(a[block], b[block], grad[block], *args, slope, need_a, need_b)
         if need_a:
             grad_a[block] = block_a
         if need_b:
@@ -417,24 +458,18 @@ class _IoUFamilyLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> Tensor:
-        fused = _fused_wanted(boxes1)
-        if fused and boxes1.device.type == "cpu":
-            # Inductor's C++ kernels are vectorised only where each coordinate is contiguous (it
-            # gives up on SIMD for a loop with this many strided loads): the pairs are copied
-            # into coordinate rows once, ~2 ms per 1M pairs, and kept for the backward.
-            boxes1, boxes2 = _planes(boxes1), _planes(boxes2)
-        loss, aspect_slope = _losses(boxes1, boxes2, kind, eps, fused)
+        loss, aspect_slope = _losses(boxes1, boxes2, kind, eps)
         # CIoU's angles (two atan2 per pair) are the dearest part to recompute; one [N] is kept
         ctx.save_for_backward(boxes1, boxes2, aspect_slope)
-        ctx.kind, ctx.eps, ctx.fused = kind, eps, fused
+        ctx.kind, ctx.eps = kind, eps
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         boxes1, boxes2, aspect_slope = ctx.saved_tensors
-        need = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad1, grad2 = _grads(boxes1, boxes2, grad, ctx.kind, ctx.eps, aspect_slope, need, ctx.fused)
+        need_a, need_b = ctx.needs_input_grad[:2]
+        grad1, grad2 = _grads(boxes1, boxes2, grad, ctx.kind, ctx.eps, aspect_slope, need_a, need_b)
         return grad1, grad2, None, None
 
 
