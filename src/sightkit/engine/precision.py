@@ -71,7 +71,7 @@ def prepare_for_inference(model: nn.Module, precision: str) -> nn.Module:
     bfloat16 kernels want them (on ``dino_r18_tiny`` the stem's max pooling alone took 5x longer
     on contiguous bfloat16 activations), and the weights of its convolutions and linear layers
     cast to bfloat16, which autocast would otherwise do again on every call. Biases, norms and
-    embeddings stay float32, as autocast leaves them. :class:`torch.nn.MultiheadAttention`
+    embeddings stay float32, as autocast leaves them. On the CPU, :class:`torch.nn.MultiheadAttention`
     layers are computed in float32 (:class:`_Float32MultiheadAttention` says why). Apart from
     those, the copy computes what autocast computes on ``model``, up to the summation order of
     the channels-last convolutions.
@@ -93,7 +93,9 @@ def prepare_for_inference(model: nn.Module, precision: str) -> nn.Module:
     if precision == "fp32" or not any(isinstance(module, layers) for module in model.modules()):
         return model
     prepared = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    attention = [module for module in prepared.modules() if isinstance(module, nn.MultiheadAttention)]
+    # The float32 attention answers two CPU kernels' weaknesses; a GPU keeps autocast's bfloat16.
+    on_cpu = all(parameter.device.type == "cpu" for parameter in prepared.parameters())
+    attention = [m for m in prepared.modules() if isinstance(m, nn.MultiheadAttention)] if on_cpu else []
     in_attention = {id(layer) for module in attention for layer in module.modules()}
     for module in attention:
         module.__class__ = _Float32MultiheadAttention
