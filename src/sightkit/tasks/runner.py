@@ -230,5 +230,6 @@ def predict(config: Any, console: Console | None = None, task: str | Task | None
         console.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"), soft_wrap=True)
     skipped = f"; skipped {len(predictor.skipped)} unreadable" if predictor.skipped else ""
     done = f"{task.name}: {count} images or frames{skipped}; {', '.join(written)} in "
-    console.print(Text.assemble(done, (str(out), "bold")))
+    # soft_wrap: no line break of Rich's inside the folder's name, which must stay copyable
+    console.print(Text.assemble(done, (str(out), "bold")), soft_wrap=True)
     return results
