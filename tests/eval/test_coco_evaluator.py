@@ -240,7 +240,7 @@ def test_per_class_ap_and_table() -> None:
     # COCO's AP is the mean over categories that have ground truth.
     assert metrics["AP"] == pytest.approx((1.0 + 51 / 101) / 2, abs=1e-12)
     table = evaluator.per_class_table()
-    assert list(table.columns[0].cells) == ["class1", "class2", "class3"]
+    assert [str(cell) for cell in table.columns[0].cells] == ["class1", "class2", "class3"]
     assert list(table.columns[4].cells) == ["1.000", f"{51 / 101:.3f}", "-"]
 
 
