@@ -326,10 +326,10 @@ def _fused_wanted(boxes: Tensor) -> bool:
 
 
 def _fused(kernel: Callable[..., _Result], *args: object) -> _Result | None:
-    """``kernel(*args)`` as kernels that ``torch.compile`` generates for the whole input (one
-    loop per pass, OpenMP-parallel C++ on the CPU, Triton on CUDA; compiled once per kind and
+    """``kernel(*args)`` as the kernel that ``torch.compile`` generates for it (one loop over the
+    pairs given, OpenMP-parallel C++ on the CPU, Triton on CUDA; compiled once per kind and
     dtype, seconds, and cached on disk by inductor). None if compilation fails, with a
-    warning; the process then keeps to the blocked kernels."""
+    warning; the process then keeps to the blocked eager kernels."""
     try:
         if kernel not in _FUSED_KERNELS:
             _FUSED_KERNELS[kernel] = torch.compile(kernel, dynamic=True)
