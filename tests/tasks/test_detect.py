@@ -2,8 +2,6 @@
 (train, eval, predict, export) in a subprocess on a tiny synthetic dataset."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from sightkit.cli.app import app
 from sightkit.data.synthetic.shapes import synthesize_shapes
 from sightkit.engine.checkpoint import save_weights
 from sightkit.tasks.detect import DetrCollate, dataset_files, load_detector
+from tests.cli_run import run_sightkit
 
 
 def test_collate_normalises_boxes_by_the_unpadded_size() -> None:
@@ -61,19 +60,13 @@ def test_load_detector_refuses_foreign_weights(tmp_path: Path) -> None:
         load_detector(tmp_path / "broken.safetensors")
 
 
-def sightkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sightkit", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-
-
 @pytest.mark.slow
 def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
     data = tmp_path / "shapes"
     synthesize_shapes(out=str(data), images=6, size=96, val_fraction=0.34, progress=False)
     run = tmp_path / "run"
     common = ["imgsz=96", "max_size=128"]
-    result = sightkit("train", "detect", f"data={data}", f"out={run}", "steps=2", "batch=2", *common, cwd=tmp_path)
+    result = run_sightkit("train", "detect", f"data={data}", f"out={run}", "steps=2", "batch=2", *common, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     weights = run / "last.safetensors"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -81,7 +74,8 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
     assert "AP" in [r for r in records if r["kind"] == "val"][-1]
     assert load_detector(weights).classes == ["circle", "square", "triangle", "star", "hexagon"]
 
-    result = sightkit("eval", "detect", f"weights={weights}", f"data={data}", f"out={tmp_path / 'eval'}", cwd=tmp_path)
+    eval_out = f"out={tmp_path / 'eval'}"
+    result = run_sightkit("eval", "detect", f"weights={weights}", f"data={data}", eval_out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics) >= {"AP", "AP50", "AP75", "AR100"} and -1 <= metrics["AP"] <= 1
@@ -89,7 +83,7 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
 
     images = data / "images"
     pred = tmp_path / "pred"
-    result = sightkit(
+    result = run_sightkit(
         "predict", "detect", f"weights={weights}", f"source={images}", f"out={pred}", "conf=0", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -103,7 +97,7 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
             assert x1 <= x2 and y1 <= y2
 
     onnx = tmp_path / "model.onnx"
-    result = sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", "imgsz=64", cwd=tmp_path)
+    result = run_sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", "imgsz=64", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     difference = float(result.stdout.split("max |difference|")[1].split()[0])
     assert difference < 1e-4

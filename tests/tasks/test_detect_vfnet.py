@@ -4,8 +4,6 @@ end to end in a subprocess on a tiny synthetic dataset, and the exported network
 PyTorch's at another input size."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from sightkit.tasks.detect import (
     collate_for,
     load_detector,
 )
+from tests.cli_run import run_sightkit
 
 
 def test_dense_collate_keeps_absolute_xyxy_boxes() -> None:
@@ -50,12 +49,6 @@ def test_the_model_family_picks_collation_and_criterion() -> None:
     detr = create_model("detr_r18_tiny", num_classes=5)
     assert isinstance(collate_for(detr), DetrCollate)
     assert isinstance(detr.build_criterion(eos_coef=0.1), SetCriterion)
-
-
-def sightkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sightkit", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
 
 
 @pytest.mark.slow
@@ -90,7 +83,7 @@ def test_cli_train_eval_predict_export_vfnet(tmp_path: Path) -> None:
     data = tmp_path / "shapes"
     synthesize_shapes(out=str(data), images=4, size=64, val_fraction=0.5, progress=False)
     run = tmp_path / "run"
-    result = sightkit(
+    result = run_sightkit(
         "train", "detect", "model=vfnet_r18_tiny", f"data={data}", f"out={run}", "steps=2", "batch=2",
         "imgsz=64", "max_size=96", "lr=1e-3", "plot=false", cwd=tmp_path,
     )  # fmt: skip
@@ -103,13 +96,14 @@ def test_cli_train_eval_predict_export_vfnet(tmp_path: Path) -> None:
     assert "AP" in [r for r in records if r["kind"] == "val"][-1]
     assert load_detector(weights).name == "vfnet_r18_tiny"
 
-    result = sightkit("eval", "detect", f"weights={weights}", f"data={data}", f"out={tmp_path / 'eval'}", cwd=tmp_path)
+    eval_out = f"out={tmp_path / 'eval'}"
+    result = run_sightkit("eval", "detect", f"weights={weights}", f"data={data}", eval_out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics) >= {"AP", "AP50", "AR100"} and -1 <= metrics["AP"] <= 1
 
     pred = tmp_path / "pred"
-    result = sightkit(
+    result = run_sightkit(
         "predict", "detect", f"weights={weights}", f"source={data / 'images'}", f"out={pred}", "conf=0", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -120,7 +114,7 @@ def test_cli_train_eval_predict_export_vfnet(tmp_path: Path) -> None:
             assert x1 < x2 and y1 < y2 and score > 0.05  # VFNet's score threshold
 
     onnx = tmp_path / "model.onnx"
-    result = sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", "imgsz=64", cwd=tmp_path)
+    result = run_sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", "imgsz=64", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "opset 19" in result.stdout  # DeformConv is not in opset 18
     difference = float(result.stdout.split("max |difference|")[1].split()[0])

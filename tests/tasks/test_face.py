@@ -2,8 +2,6 @@
 CLI end to end (train, eval, export) in a subprocess, weights loading and metrics."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from sightkit.engine.checkpoint import save_weights
 from sightkit.losses import PartialFC
 from sightkit.tasks.face import FaceConfig, FaceEvalConfig, evaluate, load_embedder, train, verification_metrics
 from sightkit.tasks.face_gallery import FaceGallery, impostor_thresholds
+from tests.cli_run import run_sightkit
 
 
 @pytest.fixture(scope="module")
@@ -40,22 +39,16 @@ def test_tiny_iresnet_verifies_held_out_identities(faces: Path, tmp_path: Path) 
     assert (loaded.name, loaded.imgsz) == ("iresnet_tiny", 32)
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sightkit", *args], capture_output=True, text=True, timeout=300, check=False
-    )
-
-
 @pytest.mark.slow
 def test_cli_train_eval_export(faces: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = _run(
+    result = run_sightkit(
         "train", "face", "model=mobilefacenet_tiny", "imgsz=32", f"data={faces}", f"out={run}", "steps=2", "batch=8",
         "progress=false", "plot=false",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     weights = run / "last.safetensors"
-    result = _run(
+    result = run_sightkit(
         "eval", "face", f"weights={weights}", f"data={faces}", "split=test", f"out={tmp_path / 'eval'}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -63,23 +56,23 @@ def test_cli_train_eval_export(faces: Path, tmp_path: Path) -> None:
     assert 0 <= metrics["accuracy"] <= 1 and (tmp_path / "eval" / "roc.png").is_file()
     scores = json.loads((tmp_path / "eval" / "scores.json").read_text())
     assert len(scores) == 400 and sum(s["same"] for s in scores) == 200
-    result = _run("export", "onnx", f"weights={weights}", f"out={tmp_path / 'face.onnx'}")
+    result = run_sightkit("export", "onnx", f"weights={weights}", f"out={tmp_path / 'face.onnx'}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "onnxruntime vs PyTorch" in result.stdout and (tmp_path / "face.onnx").is_file()
     # The gallery: enrol the held-out people, identify one of their images, verify two.
     test, landmarks = faces / "test", f"landmarks={faces / 'landmarks.json'}"
-    result = _run(
+    result = run_sightkit(
         "face", "enroll", str(test), f"weights={weights}", landmarks, f"out={tmp_path / 'gallery.safetensors'}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "enrolled 20 people (200 images)" in result.stdout
     image = test / "person_00041" / "person_00041_0003.png"
     gallery = f"gallery={tmp_path / 'gallery.safetensors'}"
-    result = _run("face", "identify", str(image), gallery, landmarks, "far=0.1", f"out={tmp_path / 'who'}")
+    result = run_sightkit("face", "identify", str(image), gallery, landmarks, "far=0.1", f"out={tmp_path / 'who'}")
     assert result.returncode == 0, result.stderr[-3000:]
     (record,) = json.loads((tmp_path / "who" / "identities.json").read_text())
     assert record["image"] == str(image) and len(record["candidates"]) == 5
-    result = _run("face", "verify", str(image), str(image), gallery, landmarks, "far=0.1")
+    result = run_sightkit("face", "verify", str(image), str(image), gallery, landmarks, "far=0.1")
     assert result.returncode == 0 and "similarity 1.0000" in result.stdout and "same person" in result.stdout
     with pytest.raises(FileNotFoundError, match=r"pairs='/nonexistent/pairs\.txt' does not exist"):
         evaluate(FaceEvalConfig(weights=str(weights), pairs="/nonexistent/pairs.txt"))
@@ -192,7 +185,7 @@ def test_cli_face_detector(faces: Path, tmp_path: Path) -> None:
     from sightkit.tasks.face_detect import TrainedFaceDetector
 
     data, run = faces.parent, tmp_path / "det"
-    result = _run(
+    result = run_sightkit(
         "train", "face_detect", "model=face_detector_tiny", f"data={data}", f"out={run}", "steps=2", "batch=2",
         "imgsz=64", "max_size=96", "progress=false", "plot=false",
     )  # fmt: skip
@@ -201,7 +194,7 @@ def test_cli_face_detector(faces: Path, tmp_path: Path) -> None:
     metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert "AP" in metrics and -1 <= metrics["AP"] <= 1  # evaluated on the val scene
     scene = next((data / "images").iterdir())
-    result = _run(
+    result = run_sightkit(
         "predict", "face_detect", f"weights={weights}", f"source={scene}", f"out={tmp_path / 'pred'}", "conf=0"
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,8 +4,6 @@ face training with augmentation."""
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from sightkit.eval.face_template import identity_scores
 from sightkit.ops.head_pose import head_pose
 from sightkit.tasks.draw_faces import head_pose_axes
 from sightkit.tasks.face_gallery import EnrollConfig, FaceGallery, VerifyConfig, enroll, template_thresholds, verify
+from tests.cli_run import run_sightkit
 from tests.tasks.tiny import tiny_weights
 
 
@@ -159,22 +158,16 @@ def test_enroll_skips_tiny_and_blurred_faces_with_their_reasons(faces: Path, tmp
     assert answer["similarity"] == pytest.approx(float(torch.from_numpy(result.embeddings[0]) @ template), abs=1e-5)
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sightkit", *args], capture_output=True, text=True, timeout=300, check=False
-    )
-
-
 @pytest.mark.slow
 def test_train_face_with_augmentation(faces: Path, tmp_path: Path) -> None:
     data = faces / "recognition"
     common = ["model=iresnet_tiny", "imgsz=32", f"data={data}", "steps=2", "batch=4", "progress=false", "plot=false"]
     augment = "augment={pose: 0.5, illumination: 0.5, occlusion: 0.3, expression: 0.2}"
-    result = _run("train", "face", *common, augment, f"out={tmp_path / 'run'}")
+    result = run_sightkit("train", "face", *common, augment, f"out={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr[-3000:]
     config = (tmp_path / "run" / "config.yaml").read_text()
     assert "augment:" in config and "occlusion: 0.3" in config
-    result = _run("train", "face", *common, "augment={pose: 0.5, lighting: 0.5}", f"out={tmp_path / 'bad'}")
+    result = run_sightkit("train", "face", *common, "augment={pose: 0.5, lighting: 0.5}", f"out={tmp_path / 'bad'}")
     assert result.returncode != 0
     (line,) = [line for line in result.stderr.splitlines() if "lighting" in line]
     assert "augment: unknown key 'lighting'" in line

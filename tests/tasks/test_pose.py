@@ -4,8 +4,6 @@ eval, predict, export) in a subprocess."""
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from sightkit.tasks.pose import (
     person_scores,
     train,
 )
+from tests.cli_run import run_sightkit
 
 SIZE = (64, 48)
 
@@ -133,18 +132,12 @@ def test_both_heads_overfit_a_few_people(four_people: Path, tmp_path: Path, mode
     assert metrics["PCK"] >= 0.9, metrics
 
 
-def sightkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sightkit", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-
-
 @pytest.mark.slow
 def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
     data = tmp_path / "people"
     synthesize_people(out=str(data), images=4, size=96, max_people=2, val_fraction=0.5, progress=False)
     run = tmp_path / "run"
-    result = sightkit(
+    result = run_sightkit(
         "train", "pose", "model=heatmap_r18_tiny", f"data={data}", f"out={run}", "steps=2", "batch=2",
         "input_size=[64,48]", "upsample=bilinear", cwd=tmp_path,
     )  # fmt: skip
@@ -155,7 +148,8 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
     loaded = load_pose(weights)  # the predictor that sightkit.load returns
     assert loaded.input_size == SIZE and loaded.keypoint_names[0] == "nose" and (1, 2) in loaded.flip_pairs
 
-    result = sightkit("eval", "pose", f"weights={weights}", f"data={data}", f"out={tmp_path / 'eval'}", cwd=tmp_path)
+    eval_out = f"out={tmp_path / 'eval'}"
+    result = run_sightkit("eval", "pose", f"weights={weights}", f"data={data}", eval_out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics) >= {"AP", "AP50", "AR", "PCK", "EPE"} and -1 <= metrics["AP"] <= 1
@@ -183,7 +177,7 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
     ]
     boxes.write_text(json.dumps(rows))
     pred = tmp_path / "pred"
-    result = sightkit(
+    result = run_sightkit(
         "predict", "pose", f"weights={weights}", f"source={image}", f"boxes={boxes}", f"out={pred}", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -192,7 +186,7 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
     assert len(record["keypoints"][0]) == 17 and record["boxes"][0] == [10, 10, 60, 90]
 
     onnx = tmp_path / "pose.onnx"
-    result = sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", cwd=tmp_path)
+    result = run_sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.split("max |difference|")[1].split()[0]) < 1e-4
 

@@ -3,8 +3,6 @@ the trainer gets, mask pictures, weights metadata, and the CLI end to end (train
 predict, export) in a subprocess on a tiny synthetic dataset."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from sightkit.tasks.segment import (
     load_segmenter,
     train,
 )
+from tests.cli_run import run_sightkit
 
 
 def test_labels_at_crops_the_padding_and_resizes_to_the_original() -> None:
@@ -85,18 +84,12 @@ def test_load_segmenter_refuses_other_tasks(tmp_path: Path) -> None:
         load_segmenter(path)
 
 
-def sightkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sightkit", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-
-
 @pytest.mark.slow
 def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
     data = tmp_path / "shapes"
     synthesize_shapes(out=str(data), images=6, size=64, val_fraction=0.34, progress=False)
     run = tmp_path / "run"
-    result = sightkit(
+    result = run_sightkit(
         "train", "segment", f"data={data}", f"out={run}", "steps=2", "batch=2", "imgsz=64", "upsample=nearest",
         cwd=tmp_path,
     )  # fmt: skip
@@ -109,7 +102,8 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
     assert segmenter.classes == ["background", "circle", "square", "triangle", "star", "hexagon"]
     assert segmenter.model.upsample_mode == "nearest"
 
-    result = sightkit("eval", "segment", f"weights={weights}", f"data={data}", f"out={tmp_path / 'eval'}", cwd=tmp_path)
+    eval_out = f"out={tmp_path / 'eval'}"
+    result = run_sightkit("eval", "segment", f"weights={weights}", f"data={data}", eval_out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"mIoU", "pixel_accuracy", "mean_accuracy"} and 0 <= metrics["mIoU"] <= 1
@@ -117,7 +111,7 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 0
 
     pred = tmp_path / "pred"
-    result = sightkit(
+    result = run_sightkit(
         "predict", "segment", f"weights={weights}", f"source={data / 'images'}", f"out={pred}", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -133,7 +127,7 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
         assert sum(areas) == image.shape[0] * image.shape[1]  # every pixel in exactly one class
 
     onnx = tmp_path / "model.onnx"
-    result = sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", "imgsz=64", cwd=tmp_path)
+    result = run_sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", "imgsz=64", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.split("max |difference|")[1].split()[0]) < 1e-4
     # The height and width are dynamic (multiples of 32).
@@ -147,7 +141,7 @@ def test_cli_train_eval_predict_export(tmp_path: Path) -> None:
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path: Path) -> None:
-    result = sightkit("train", "segment", "upsample=linear", cwd=tmp_path)
+    result = run_sightkit("train", "segment", "upsample=linear", cwd=tmp_path)
     assert result.returncode == 2 and "upsample must be one of" in result.stderr
 
 
