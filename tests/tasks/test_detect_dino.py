@@ -13,7 +13,7 @@ from sightkit.data.synthetic.shapes import synthesize_shapes
 from sightkit.losses import DINOCriterion, SetCriterion
 from sightkit.models import create_model, detr_postprocess, dino_postprocess
 from sightkit.tasks.detect import DenseCollate, DetrCollate, collate_for
-from tests.tasks.test_detect import sightkit
+from tests.cli_run import run_sightkit
 
 
 def test_each_family_declares_its_parts() -> None:
@@ -50,7 +50,7 @@ def test_cli_train_eval_predict_export_dino(tmp_path: Path) -> None:
     synthesize_shapes(out=str(data), images=6, size=96, val_fraction=0.34, progress=False)
     run = tmp_path / "run"
     common = ["model=dino_r18_tiny", "imgsz=96", "max_size=128"]
-    result = sightkit("train", "detect", f"data={data}", f"out={run}", "steps=2", "batch=2", *common, cwd=tmp_path)
+    result = run_sightkit("train", "detect", f"data={data}", f"out={run}", "steps=2", "batch=2", *common, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"][-1]
@@ -58,13 +58,14 @@ def test_cli_train_eval_predict_export_dino(tmp_path: Path) -> None:
     assert "AP" in [r for r in records if r["kind"] == "val"][-1]
     weights = run / "last.safetensors"
 
-    result = sightkit("eval", "detect", f"weights={weights}", f"data={data}", f"out={tmp_path / 'eval'}", cwd=tmp_path)
+    eval_out = f"out={tmp_path / 'eval'}"
+    result = run_sightkit("eval", "detect", f"weights={weights}", f"data={data}", eval_out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics) >= {"AP", "AP50", "AR100"} and -1 <= metrics["AP"] <= 1
 
     pred = tmp_path / "pred"
-    result = sightkit(
+    result = run_sightkit(
         "predict",
         "detect",
         f"weights={weights}",
@@ -82,6 +83,6 @@ def test_cli_train_eval_predict_export_dino(tmp_path: Path) -> None:
     assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
 
     onnx = tmp_path / "model.onnx"
-    result = sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", "imgsz=64", cwd=tmp_path)
+    result = run_sightkit("export", "onnx", f"weights={weights}", f"out={onnx}", "imgsz=64", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.split("max |difference|")[1].split()[0]) < 1e-4
