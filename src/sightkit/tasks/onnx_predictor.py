@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import tv_tensors
 
@@ -169,6 +168,20 @@ class OnnxFaceDetectPredictor(FaceDetectPredictor):
         super().__init__(model, metadata, device)
 
 
+class _RawFeatures(nn.Module):
+    """An exported face embedder called as :func:`~sightkit.models.embed_faces` calls an
+    embedder: crops in, the graph's raw ``features`` out (its unit ``embedding`` for a file
+    without them)."""
+
+    def __init__(self, model: OnnxModel, num_features: int) -> None:
+        super().__init__()
+        self.onnx, self.num_features = model, num_features
+
+    def forward(self, crops: Tensor) -> Tensor:
+        outputs = self.onnx(crops)
+        return outputs["features"] if isinstance(outputs, dict) else outputs
+
+
 @export("tasks.OnnxFacePredictor")
 class OnnxFacePredictor(FacePredictor):
     """A face embedder exported by ``sightkit export onnx``, called on images like
@@ -182,31 +195,10 @@ class OnnxFacePredictor(FacePredictor):
     the crop and its mirror equally (the PyTorch predictor weighs them by their feature norms).
     """
 
-    #: Crops per onnxruntime call (as :func:`~sightkit.models.embed_faces`).
-    chunk: ClassVar[int] = 256
-
     def __init__(self, model: nn.Module, metadata: dict[str, str], device: Any = None) -> None:
-        super().__init__(model, metadata, device)
         size = model.session.get_outputs()[0].shape[-1]
         self.num_features = size if isinstance(size, int) else int(metadata["embedding"])
-
-    def forward(self, inputs: dict[str, Any]) -> Tensor:
-        crops = inputs["crops"]
-        if not len(crops):
-            return crops.new_zeros(0, self.num_features)
-        chunks = []
-        for start in range(0, len(crops), self.chunk):
-            chunk = crops[start : start + self.chunk]
-            features = self._features(chunk)
-            if inputs["flip"]:
-                features = features + self._features(chunk.flip(-1))
-            chunks.append(F.normalize(features, dim=1))
-        return torch.cat(chunks)
-
-    def _features(self, crops: Tensor) -> Tensor:
-        """``[N, D]`` raw features, or the unit embeddings of a file without them."""
-        outputs = self.model(crops)
-        return outputs["features"] if isinstance(outputs, dict) else outputs
+        super().__init__(_RawFeatures(model, self.num_features), metadata, device)
 
 
 @export("tasks.load_onnx")
