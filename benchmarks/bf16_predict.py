@@ -48,19 +48,21 @@ on CUDA from Ampere on; elsewhere autocast emulates it. The figures go to
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from rich.console import Console
 
 from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary, ratio
 from sightkit.data.sources import Frame
-from sightkit.engine.precision import autocast_context
 from sightkit.ops import box_iou
+from sightkit.tasks import runner
 from sightkit.tasks.detect import DetectEvalConfig
 from sightkit.tasks.registry import get_task
 from sightkit.tasks.runner import load_for
@@ -76,13 +78,11 @@ def bf16_instructions() -> str:
     return ", ".join(found) or "none (bf16 is emulated)"
 
 
-def evaluate(predictor: object, weights: str, data: str, batch: int, precision: str) -> dict[str, float]:
-    """``sightkit eval detect`` on the validation split, the model call under ``precision``."""
-    task = get_task("detect")
-    plan = task.eval_plan(DetectEvalConfig(weights=weights, data=data, batch=batch), predictor)
-    loader = DataLoader(plan.dataset, batch_size=batch, collate_fn=plan.collate)
-    with autocast_context(precision, "cpu"):  # the network predict_frames runs at this precision
-        return plan.evaluate(predictor.inference_model(precision), loader, None)
+def evaluate(weights: str, data: str, batch: int, precision: str) -> dict[str, float]:
+    """``sightkit eval detect`` on the validation split at ``precision`` (its files go to a temporary folder)."""
+    with tempfile.TemporaryDirectory() as out:
+        config = DetectEvalConfig(weights=weights, data=data, batch=batch, precision=precision, device="cpu", out=out)
+        return runner.evaluate(config, Console(file=io.StringIO()))
 
 
 def detection_differences(predictor: object, frames: list[Frame], conf: float) -> dict[str, float]:
@@ -177,7 +177,7 @@ def main(argv: list[str]) -> None:
                 entry["images_per_s"] = {p: round(v, 2) for p, v in speed.items()}
                 entry["speedup"] = ratio(speed["bf16"], speed["fp32"])
                 if not accuracy:
-                    metrics = {p: evaluate(predictor, weights, data, args.batch, p) for p in ("fp32", "bf16")}
+                    metrics = {p: evaluate(weights, data, args.batch, p) for p in ("fp32", "bf16")}
                     accuracy = {
                         "AP_fp32": metrics["fp32"]["AP"],
                         "AP_bf16": metrics["bf16"]["AP"],
