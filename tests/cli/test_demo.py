@@ -45,6 +45,8 @@ def test_demo_writes_curves_metrics_predictions_ops_and_its_commands(tmp_path: P
     assert len(list((out / "predictions").glob("*.jpg"))) == len(val["images"])
     assert (out / "ops.png").stat().st_size > 0
     assert "predictions" in result.output
+    # the summary's paths come whole, however narrow the terminal, to be copied
+    assert f"weights          {out / 'train' / 'best.safetensors'}" in result.output.splitlines()
     # commands.sh holds the commands that ran: its train line rebuilds the run's saved config.
     lines = (out / "commands.sh").read_text().splitlines()
     train_line = next(shlex.split(line) for line in lines if line.startswith("sightkit train"))

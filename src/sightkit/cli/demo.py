@@ -27,6 +27,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 
 @dataclass
@@ -170,14 +171,16 @@ def run_demo(config: DemoConfig) -> None:
     )
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     console.rule("done")
-    console.print(f"AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f} on {data / 'annotations' / 'val.json'}")
-    console.print(f"training curves  {out / 'train' / 'curves.png'}")
-    console.print(
-        f"metrics          {out / 'eval' / 'metrics.json'}  (precision-recall: {out / 'eval' / 'pr_curve.png'})"
-    )
-    console.print(f"predictions      {out / 'predictions'}/*.jpg")
-    console.print(f"weights          {out / 'train' / 'best.safetensors'}")
-    console.print(f"the commands     {script}")
+    summary = [
+        f"AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f} on {data / 'annotations' / 'val.json'}",
+        f"training curves  {out / 'train' / 'curves.png'}",
+        f"metrics          {out / 'eval' / 'metrics.json'}  (precision-recall: {out / 'eval' / 'pr_curve.png'})",
+        f"predictions      {out / 'predictions'}/*.jpg",
+        f"weights          {out / 'train' / 'best.safetensors'}",
+        f"the commands     {script}",
+    ]
+    for line in summary:  # plain text, and no line break of Rich's inside a path: they must stay copyable
+        console.print(Text(line), soft_wrap=True)
 
 
 def _validation_samples(data: Path, folder: Path, count: int, enlarge: int = 3) -> Path:
