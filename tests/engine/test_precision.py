@@ -1,9 +1,19 @@
 """sightkit.engine.precision: the inference precision contexts."""
 
+import copy
+
 import pytest
 import torch
+import torchvision
+from torchvision.ops import FrozenBatchNorm2d
 
-from sightkit.engine.precision import PRECISIONS, autocast_context, check_precision, prepare_for_inference
+from sightkit.engine.precision import (
+    PRECISIONS,
+    _fold_batch_norms,
+    autocast_context,
+    check_precision,
+    prepare_for_inference,
+)
 
 
 def test_fp32_is_a_null_context() -> None:
@@ -73,26 +83,78 @@ def test_prepare_for_inference_at_bf16_computes_what_autocast_computes_on_the_mo
     model = small_network()
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     prepared = prepare_for_inference(model, "bf16")
-    # the model itself is left as it was: float32, contiguous, the same values
+    # the model itself is left as it was: float32, contiguous, the same values, its BatchNorm in place
     for name, tensor in model.state_dict().items():
         assert tensor.dtype == before[name].dtype and tensor.is_contiguous(), name
         torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
-    # the copy: channels-last bfloat16 convolution weights, bfloat16 linear weights, the rest float32
+    assert isinstance(model[1], torch.nn.BatchNorm2d)
+    # the copy: the BatchNorm folded into the convolution before it, channels-last bfloat16
+    # convolution weights, bfloat16 linear weights, the biases float32
+    assert isinstance(prepared[1], torch.nn.Identity)
     assert prepared[0].weight.dtype == prepared[4].weight.dtype == prepared[7].weight.dtype == torch.bfloat16
     assert prepared[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert prepared[0].bias.dtype == prepared[1].weight.dtype == prepared[1].running_var.dtype == torch.float32
+    assert prepared[0].bias.dtype == prepared[7].bias.dtype == torch.float32
     assert not prepared.training
     images = torch.rand(4, 3, 16, 16)
     with torch.inference_mode(), autocast_context("bf16", "cpu"):
         expected, got = model(images), prepared(images)
     with torch.inference_mode():
         full = model(images)
-    # autocast rounds the same weights to bfloat16: equal up to the convolutions' summation
-    # order, a small fraction of what bfloat16 changes against float32
+    # Autocast rounds the weights to bfloat16, the copy rounds the folded weights: both carry
+    # bfloat16's relative error (2^-9) on weights of the same size, so their errors against
+    # float32 are of the same size, and they stay close to each other.
     assert got.dtype == expected.dtype == torch.bfloat16
-    gap, bf16_error = (got.float() - expected.float()).abs().max(), (expected.float() - full).abs().max()
+    bf16_error, copy_error = (expected.float() - full).abs().max(), (got.float() - full).abs().max()
     assert bf16_error > 0
-    assert gap <= 0.25 * bf16_error
+    assert copy_error <= 2 * bf16_error
+    assert (got.float() - expected.float()).abs().max() <= 2 * bf16_error
+
+
+@pytest.mark.parametrize("norm", ["bn", "frozen_bn"])
+def test_fold_batch_norms_keeps_a_resnet_s_float32_outputs(norm: str) -> None:
+    # every BatchNorm of a torchvision ResNet-18 (stem, blocks, downsampling shortcuts) follows a
+    # convolution: all 20 fold, and the network computes the same function
+    torch.manual_seed(0)
+    layer = torch.nn.BatchNorm2d if norm == "bn" else FrozenBatchNorm2d
+    model = torchvision.models.resnet18(weights=None, norm_layer=layer).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d | FrozenBatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    folded = copy.deepcopy(model)
+    _fold_batch_norms(folded)
+    norms = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d | FrozenBatchNorm2d)]
+    assert norms == [] and sum(isinstance(m, torch.nn.Identity) for m in folded.modules()) == 20
+    images = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(images), model(images), rtol=1e-4, atol=1e-4)
+
+
+def test_fold_batch_norms_leaves_norms_it_cannot_fold() -> None:
+    batch_statistics = torch.nn.BatchNorm2d(4, track_running_stats=False)  # normalises with the batch's own
+    after_relu = torch.nn.BatchNorm2d(4)  # follows no convolution
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), batch_statistics, torch.nn.ReLU(), after_relu).eval()
+    _fold_batch_norms(model)
+    assert model[1] is batch_statistics and model[3] is after_relu
+
+
+def test_prepare_for_inference_at_bf16_runs_group_norm_on_contiguous_inputs() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(4, 8)).eval()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.5, 0.5)
+    prepared = prepare_for_inference(model, "bf16")
+    images = torch.rand(2, 3, 10, 10)
+    with torch.inference_mode(), autocast_context("bf16", "cpu"):
+        activations = prepared[0](images)
+        expected = model[1](activations)  # the same norm on the channels-last activations
+        got = prepared[1](activations)
+    assert activations.is_contiguous(memory_format=torch.channels_last) and not activations.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_prepare_for_inference_leaves_a_model_without_layers_to_cast() -> None:
