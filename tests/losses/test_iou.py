@@ -335,7 +335,7 @@ def test_fused_kernels_match_reference_and_eager(monkeypatch: pytest.MonkeyPatch
     boxes1, boxes2 = mixed_pairs(torch.float32, n=200)
     weights = torch.rand(len(boxes1))
     fused = _step(kind, boxes1, boxes2, weights)
-    assert set(iou_module._FUSED_KERNELS) == {iou_module._rows_loss_kernel, iou_module._rows_grad_kernel}
+    assert set(iou_module._FUSED_KERNELS) == {iou_module._loss_kernel, iou_module._grad_kernel}
     assert iou_module._FUSED_FAILURES == []
     reference = _step(kind, boxes1, boxes2, weights, reference_fn(kind))
     monkeypatch.setenv("SIGHTKIT_COMPILE", "0")
@@ -351,7 +351,7 @@ def _failing_compiled(*args: object) -> None:
 
 def test_failed_compilation_falls_back_to_eager_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(iou_module, "_FUSED_MIN_PAIRS", 1)
-    kernels = {iou_module._rows_loss_kernel: _failing_compiled, iou_module._rows_grad_kernel: _failing_compiled}
+    kernels = {iou_module._loss_kernel: _failing_compiled, iou_module._grad_kernel: _failing_compiled}
     monkeypatch.setattr(iou_module, "_FUSED_KERNELS", kernels)
     monkeypatch.setattr(iou_module, "_FUSED_FAILURES", [])
     boxes1, boxes2 = mixed_pairs(torch.float32)
@@ -369,7 +369,7 @@ def test_failed_compilation_falls_back_to_eager_once(monkeypatch: pytest.MonkeyP
 
 
 def test_fused_kernels_are_skipped_when_switched_off_small_or_not_float32(monkeypatch: pytest.MonkeyPatch) -> None:
-    kernels = {iou_module._rows_loss_kernel: _failing_compiled, iou_module._rows_grad_kernel: _failing_compiled}
+    kernels = {iou_module._loss_kernel: _failing_compiled, iou_module._grad_kernel: _failing_compiled}
     monkeypatch.setattr(iou_module, "_FUSED_KERNELS", kernels)
     monkeypatch.setattr(iou_module, "_FUSED_FAILURES", [])
     boxes1, boxes2 = mixed_pairs(torch.float32, n=40)

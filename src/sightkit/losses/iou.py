@@ -16,9 +16,8 @@ applies the chain rule derived below.
 How the passes run. From ``_FUSED_MIN_PAIRS`` float32 pairs up, on the CPU or a CUDA device,
 each pass is one kernel that ``torch.compile`` (inductor) generates from the same code: a
 loop over the pairs with every temporary in registers, OpenMP-parallel SIMD C++ over torch's
-intra-op threads on the CPU, Triton on CUDA. On the CPU the kernels run on blocks of
-``_FUSED_BLOCK`` pairs copied into one contiguous row per coordinate, which the SIMD loops
-need. It is compiled on first use (seconds; inductor caches it on disk), and
+intra-op threads on the CPU, Triton on CUDA. It is compiled on first use (seconds; inductor
+caches it on disk), and
 ``SIGHTKIT_COMPILE=0`` turns it off. Otherwise, and for the process
 after a failed compilation (no C++ compiler, no Triton), the eager kernels run, on the CPU
 over blocks of ``_CPU_BLOCK`` pairs so that a block's temporaries stay in the cache (one
@@ -86,10 +85,13 @@ _CPU_BLOCK = 32768
 # by torch.compile into a few fused loops that split the pairs over every intra-op thread;
 # below it, compiling (seconds, once per process) would cost more than it saves.
 _FUSED_MIN_PAIRS = 1 << 17
-# Pairs per call of the generated kernels on the CPU (see _fused_losses): 2 MiB per copy into
-# coordinate rows, in the cache between the copy and the kernel; measured on 1M pairs, blocks
-# of 32k-1M pairs were within the noise of one another at one thread, 128k a little ahead at two.
-_FUSED_BLOCK = 1 << 17
+# Inductor's CPU code generator gives up on SIMD for a loop where more than 12% of the
+# operations are strided loads or stores (its tiling heuristics), and reading pairs [N, 4] is
+# 8 strided loads, storing their gradients 4 strided stores: every kernel came out scalar (and
+# CIoU's atan2 became std::atan2). Without the heuristics the loads are vectorised gathers:
+# on 1M pairs, fwd+bwd 2-2.5x faster than copying blocks of pairs into contiguous coordinate
+# rows first (the earlier way round), and it scales to the second core, which that copy did not.
+_FUSED_OPTIONS = {"cpp.enable_tiling_heuristics": False}
 _FUSED_KERNELS: dict[Callable[..., object], Callable[..., object]] = {}  # eager kernel -> compiled
 _FUSED_FAILURES: list[str] = []  # why compilation failed, if it did: the process stays eager
 _Result = TypeVar("_Result")
@@ -332,7 +334,7 @@ def _fused(kernel: Callable[..., _Result], *args: object) -> _Result | None:
     warning; the process then keeps to the blocked eager kernels."""
     try:
         if kernel not in _FUSED_KERNELS:
-            _FUSED_KERNELS[kernel] = torch.compile(kernel, dynamic=True)
+            _FUSED_KERNELS[kernel] = torch.compile(kernel, dynamic=True, options=_FUSED_OPTIONS)
         return _FUSED_KERNELS[kernel](*args)
     except Exception as error:  # no C++ compiler, no Triton, an inductor bug: all leave the eager kernels
         _FUSED_FAILURES.append(f"{type(error).__name__}: {error}")
@@ -344,80 +346,9 @@ def _fused(kernel: Callable[..., _Result], *args: object) -> _Result | None:
         return None
 
 
-def _rows(boxes: Tensor) -> Tensor:
-    """The coordinates of pairs ``[n, 4]`` as four contiguous rows ``[4, n]``."""
-    return torch.stack(boxes.unbind(-1))
-
-
-def _rows_loss_kernel(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor | None]:
-    """:func:`_loss_kernel` of pairs given as coordinate rows ``[4, n]``."""
-    return _loss_kernel(a.t(), b.t(), kind, eps)
-
-
-def _rows_grad_kernel(
-    a: Tensor,
-    b: Tensor,
-    grad: Tensor,
-    kind: str,
-    eps: float,
-    aspect_slope: Tensor | None,
-    out_a: Tensor | None,
-    out_b: Tensor | None,
-) -> None:
-    """:func:`_grad_kernel` of pairs given as coordinate rows ``[4, n]``, written into ``out_a``
-    and ``out_b`` (``[n, 4]``; None: not wanted), which the generated kernel stores into directly."""
-    grad_a, grad_b = _grad_kernel(a.t(), b.t(), grad, kind, eps, aspect_slope, out_a is not None, out_b is not None)
-    if out_a is not None:
-        out_a.copy_(grad_a)
-    if out_b is not None:
-        out_b.copy_(grad_b)
-
-
-def _fused_losses(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor | None] | None:
-    """:func:`_loss_kernel` by the generated kernels; None if they cannot be compiled.
-
-    On the CPU the pairs go through in blocks of ``_FUSED_BLOCK``, each first copied into
-    coordinate rows: inductor vectorises a loop only where its loads are contiguous (it gives
-    up on SIMD for this many strided loads), and a block's rows stay in the cache between the
-    copy and the kernel, in memory that the next block reuses (copying all pairs at once costs
-    a page fault per 4 KiB of fresh memory, as much again as the copy)."""
-    if a.device.type != "cpu":
-        return _fused(_loss_kernel, a, b, kind, eps)
-    loss = a.new_empty(a.shape[0])
-    aspect_slope = a.new_empty(a.shape[0]) if kind == "ciou" else None
-    for block in _blocks(a.shape[0], _FUSED_BLOCK):
-        result = _fused(_rows_loss_kernel, _rows(a[block]), _rows(b[block]), kind, eps)
-        if result is None:
-            return None
-        loss[block] = result[0]
-        if aspect_slope is not None:
-            aspect_slope[block] = result[1]
-    return loss, aspect_slope
-
-
-def _fused_grads(
-    a: Tensor, b: Tensor, grad: Tensor, kind: str, eps: float, aspect_slope: Tensor | None, need_a: bool, need_b: bool
-) -> tuple[Tensor | None, Tensor | None] | None:
-    """:func:`_grad_kernel` by the generated kernels, as :func:`_fused_losses` runs them."""
-    # an expanded gradient (of a sum) has stride 0, which would compile a second kernel
-    grad = grad.contiguous()
-    if a.device.type != "cpu":
-        return _fused(_grad_kernel, a, b, grad, kind, eps, aspect_slope, need_a, need_b)
-    grad_a = torch.empty_like(a) if need_a else None
-    grad_b = torch.empty_like(b) if need_b else None
-    for block in _blocks(a.shape[0], _FUSED_BLOCK):
-        slope = None if aspect_slope is None else aspect_slope[block]
-        rows = _rows(a[block]), _rows(b[block])
-        outputs = (None if grad_a is None else grad_a[block], None if grad_b is None else grad_b[block])
-        _fused(_rows_grad_kernel, *rows, grad[block], kind, eps, slope, *outputs)
-        if _FUSED_FAILURES:
-            return None
-    return grad_a, grad_b
-
-
 def _losses(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor | None]:
     """:func:`_loss_kernel` over all pairs, fused or block by block."""
-    if _fused_wanted(a) and (result := _fused_losses(a, b, kind, eps)) is not None:
+    if _fused_wanted(a) and (result := _fused(_loss_kernel, a, b, kind, eps)) is not None:
         return result
     blocks = _blocks(a.shape[0], _CPU_BLOCK if a.device.type == "cpu" else a.shape[0])
     if len(blocks) == 1:
@@ -436,7 +367,9 @@ def _grads(
 ) -> tuple[Tensor | None, Tensor | None]:
     """:func:`_grad_kernel` over all pairs, fused or block by block."""
     args = (kind, eps)
-    if _fused_wanted(a) and (result := _fused_grads(a, b, grad, *args, aspect_slope, need_a, need_b)) is not None:
+    # an expanded gradient (of a sum) has stride 0, which would compile a second kernel
+    fused_args = (a, b, grad.contiguous(), *args, aspect_slope, need_a, need_b)
+    if _fused_wanted(a) and (result := _fused(_grad_kernel, *fused_args)) is not None:
         return result
     blocks = _blocks(a.shape[0], _CPU_BLOCK if a.device.type == "cpu" else a.shape[0])
     if len(blocks) == 1:
