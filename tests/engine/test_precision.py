@@ -89,11 +89,11 @@ def test_prepare_for_inference_at_bf16_computes_what_autocast_computes_on_the_mo
         torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
     assert isinstance(model[1], torch.nn.BatchNorm2d)
     # the copy: the BatchNorm folded into the convolution before it, channels-last bfloat16
-    # convolution weights, bfloat16 linear weights, the biases float32
+    # convolution weights, bfloat16 linear weights and biases (autocast casts them anyway)
     assert isinstance(prepared[1], torch.nn.Identity)
     assert prepared[0].weight.dtype == prepared[4].weight.dtype == prepared[7].weight.dtype == torch.bfloat16
     assert prepared[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert prepared[0].bias.dtype == prepared[7].bias.dtype == torch.float32
+    assert prepared[0].bias.dtype == prepared[7].bias.dtype == torch.bfloat16
     assert not prepared.training
     images = torch.rand(4, 3, 16, 16)
     with torch.inference_mode(), autocast_context("bf16", "cpu"):
