@@ -162,6 +162,7 @@ def test_model_info_health_and_openapi(detector_weights: Path) -> None:
     assert (info["imgsz"], info["max_size"]) == (64, 96)
     assert info["weights_sha256"] == hashlib.sha256(detector_weights.read_bytes()).hexdigest()
     assert info["batching"] == {"max_batch": 4, "max_wait_ms": 2.5, "max_queue": 256}
+    assert info["precision"] == "fp32"
     assert info["face"] is None
     predict_op = schema["paths"]["/v1/predict"]["post"]
     body_ref = predict_op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].split("/")[-1]
@@ -219,6 +220,8 @@ def test_bad_settings_fail_before_serving(detector_weights: Path, tmp_path: Path
         create_app(ServeConfig(weights=str(detector_weights), max_batch=0))
     with pytest.raises(ValueError, match=r"conf must be in \[0, 1\], got 2"):
         create_app(ServeConfig(weights=str(detector_weights), conf=2))
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
+        create_app(ServeConfig(weights=str(detector_weights), precision="fp16"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         create_app(ServeConfig(weights=str(tmp_path / "missing.safetensors")))
 

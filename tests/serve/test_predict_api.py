@@ -60,6 +60,23 @@ def test_answers_equal_the_python_predictor(task: str, png: PNG, tmp_path: Path)
         assert all(len(r["boxes"]) > 0 for r in body["results"])  # conf=0 keeps instances: a real comparison
 
 
+def test_precision_bf16_answers_as_the_python_predictor_at_bf16(png: PNG, tmp_path: Path) -> None:
+    _, weights = tiny_weights(MODELS["detect"], tmp_path / "detect.safetensors", seed=3)
+    data = png(48, 72, 1)
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    predictor = sightkit.load(weights, "cpu")
+    (at_bf16,) = predictor(pixels, conf=0.0, precision="bf16", progress=False)
+    (at_fp32,) = predictor(pixels, conf=0.0, progress=False)
+    with local_client(create_app(ServeConfig(weights=str(weights), conf=0.0, precision="bf16"))) as client:
+        answer = client.post("/v1/predict", files=[("images", ("a.png", data, "image/png"))])
+        info = client.get("/v1/model").json()
+    assert answer.status_code == 200, answer.text
+    assert info["precision"] == "bf16"
+    (result,) = answer.json()["results"]
+    assert served(result) == python(at_bf16)
+    assert served(result) != python(at_fp32)  # bfloat16 moved the scores: the server did run at bf16
+
+
 def test_segment_masks_as_rle_and_png_and_the_class_shares(segment_weights: Path, png: PNG) -> None:
     """The PNG's pixels are the class map of ``Results.masks``; the RLE decodes to it; the shares
     are its class counts over the pixel count."""

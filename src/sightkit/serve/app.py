@@ -6,7 +6,7 @@ Endpoints (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``):
   ``sightkit.load(weights)(image)`` returns, as ``Results.to_dict()``, for weights of any
   task (detect, segment with the mask as COCO RLE or PNG, pose, face_detect, face);
   :mod:`sightkit.serve.predict`;
-- ``GET /v1/model``: task, model, classes, input size, weights hash, batching and limits;
+- ``GET /v1/model``: task, model, classes, input size, weights hash, precision, batching and limits;
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text format);
 - ``/v1/face/...`` (with ``face_weights=``): enrol, identify, verify, delete, list, on a
   persistent SQLite gallery (:mod:`sightkit.serve.face`);
@@ -270,14 +270,16 @@ class CatchAll:
 
 
 def fixed_options(config: ServeConfig, task: str | None) -> dict[str, Any]:
-    """The predictor options that come from the server's settings: a pose model's person
-    detector, a face embedder's face detector (face_detect weights; MTCNN only serves the
-    face endpoints)."""
+    """The predictor options that come from the server's settings: the precision, a pose
+    model's person detector, a face embedder's face detector (face_detect weights; MTCNN only
+    serves the face endpoints). The face endpoints embed in float32 whatever the precision: the
+    gallery's faces are compared with the faces of every later request."""
+    options: dict[str, Any] = {"precision": config.precision}
     if task == "pose" and config.person_detector:
-        return {"detector": config.person_detector}
+        options["detector"] = config.person_detector
     if task == "face":
-        return {"detector": config.face_detector if config.face_detector.endswith(".safetensors") else None}
-    return {}
+        options["detector"] = config.face_detector if config.face_detector.endswith(".safetensors") else None
+    return options
 
 
 class BodyTooLarge(StarletteHTTPException):

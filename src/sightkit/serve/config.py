@@ -51,6 +51,10 @@ class ServeConfig:
     )
     conf: float = field(default=0.5, metadata=_help("default score threshold of /v1/predict (a query may set it)"))
     top_k: int = field(default=100, metadata=_help("most detections per image"))
+    precision: str = field(
+        default="fp32",
+        metadata=_help("/v1/predict's inference precision: fp32 or bf16 (faster on CPUs with AVX512-BF16/AMX)"),
+    )
     face_threshold: float = field(default=0.4, metadata=_help("cosine similarity at which two faces are the same"))
     min_face: float = field(default=0.0, metadata=_help("skip faces smaller than this many pixels (aligned side)"))
     max_yaw: float = field(default=math.inf, metadata=_help("skip faces turned more than this, radians"))
@@ -125,6 +129,9 @@ def check_config(config: ServeConfig, api_key: str = "") -> None:
         raise ValueError(f"max_wait_ms must be >= 0, got {config.max_wait_ms}")
     if not 0 <= config.conf <= 1:
         raise ValueError(f"conf must be in [0, 1], got {config.conf}")
+    from sightkit.engine.precision import check_precision  # here: this module stays free of torch
+
+    check_precision(config.precision)
 
 
 def max_upload_bytes(config: ServeConfig) -> int:

@@ -86,6 +86,7 @@ class PredictService:
             "max_size": getattr(predictor, "max_size", None),
             "weights_sha256": self.weights_sha256,
             "device": str(predictor.device),
+            "precision": self.fixed.get("precision", "fp32"),
             "options": sorted(predictor.options),
         }
 

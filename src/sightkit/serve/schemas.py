@@ -87,6 +87,7 @@ class ModelInfo(BaseModel):
     weights_sha256: str | None = None
     options: list[str] = Field([], description="the predictor's options (conf, top_k, ...)")
     device: str
+    precision: str = Field("fp32", description="/v1/predict's inference precision: fp32 or bf16")
     conf: float
     top_k: int
     batching: BatchingInfo
