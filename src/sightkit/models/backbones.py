@@ -178,9 +178,14 @@ class MultiScaleBackbone(nn.Module):
         self.strides: list[int] = [2 ** (stage + 1) for stage in self.stages]
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        """``[B, 3, H, W]`` -> one ``[B, channels[i], ceil(H / strides[i]), ceil(W / strides[i])]`` map per stage."""
+        """``[B, 3, H, W]`` -> one ``[B, channels[i], ceil(H / strides[i]), ceil(W / strides[i])]`` map per
+        stage (channels-last in memory)."""
         features = []
-        x = images
+        # channels-last activations, as ResNetBackbone runs them: dino_r18_tiny at 128 x 128 pixels,
+        # batch 8, in float32 took 14-20% less time for inference and 2-7% less for a training step
+        # (forward and backward) at 1-2 threads than on contiguous ones (the stem's max pooling alone
+        # is 10x slower on contiguous activations)
+        x = images.contiguous(memory_format=torch.channels_last)
         for index, stage in enumerate(self.body.children()):  # index 0 is the stem, k is layer k
             x = stage(x)
             if index in self.stages:
