@@ -71,6 +71,21 @@ def test_postprocess_by_hand() -> None:
     torch.testing.assert_close(found["landmarks"][0, 0], torch.tensor([0.0, 3.0]))
 
 
+def test_postprocess_takes_bfloat16_outputs() -> None:
+    # under precision=bf16 the boxes arrive in bfloat16 (NMS refused them beside float32 scores);
+    # these values are exact in bfloat16, so the answer is the float32 one
+    outputs = {
+        "logits": torch.tensor([[3.0, 2.0, -3.0]]),
+        "boxes": torch.tensor([[[0.0, 0, 10, 10], [1.0, 1, 11, 11], [50.0, 50, 60, 60]]]),
+        "landmarks": torch.arange(30.0).reshape(1, 3, 5, 2),
+    }
+    (expected,) = face_detector_postprocess(outputs, 0.5, 0.4)
+    (found,) = face_detector_postprocess({k: v.bfloat16() for k, v in outputs.items()}, 0.5, 0.4)
+    for key in ("boxes", "scores", "landmarks"):
+        assert found[key].dtype == torch.float32
+        torch.testing.assert_close(found[key], expected[key], rtol=0, atol=0)
+
+
 def test_postprocess_clips_boxes_to_the_image_but_not_landmarks() -> None:
     outputs = {
         "logits": torch.tensor([[3.0, 2.0]]),

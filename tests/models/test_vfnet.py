@@ -115,6 +115,27 @@ def test_pred_boxes_are_normalised_by_each_image_unpadded_size() -> None:
         model(torch.randn(2, 3, 64, 64), mask[:, :32])
 
 
+def test_bf16_autocast_on_the_cpu_runs_the_deformable_convolutions_in_float32() -> None:
+    """torchvision's deform_conv2d has no bfloat16 CPU kernel (it raised "not implemented for
+    'BFloat16'" under ``precision=bf16`` and ``amp=bf16``): in float32, the rest in bfloat16,
+    the boxes stay near float32's, and a training step's backward goes through."""
+    torch.manual_seed(0)
+    model = tiny().eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        full = model(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(images)
+    assert half["pred_logits"].dtype == torch.bfloat16  # the classifier did run in bfloat16
+    scale = full["pred_boxes_refine"].abs().max()
+    assert (half["pred_boxes_refine"].float() - full["pred_boxes_refine"]).abs().max() < 0.05 * scale
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(images)
+    sum(v.float().sum() for k, v in outputs.items() if k.startswith("pred")).backward()
+    assert model.head.reg_refine_dconv.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("refine", [True, False])
 def test_every_parameter_receives_a_gradient(refine: bool) -> None:
     model = tiny(refine=refine)

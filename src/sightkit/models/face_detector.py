@@ -111,6 +111,8 @@ def face_detector_postprocess(
     Returns:
         Per image ``{"boxes": [K, 4] xyxy, "scores": [K], "landmarks": [K, 5, 2]}``.
     """
+    # in float32: under precision=bf16 the outputs arrive in bfloat16, which NMS refuses beside float32 scores
+    outputs = {key: value.float() for key, value in outputs.items() if key in ("logits", "boxes", "landmarks")}
     scores = outputs["logits"].sigmoid()
     results = []
     for index in range(scores.shape[0]):

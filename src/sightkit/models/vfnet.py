@@ -128,6 +128,16 @@ def _conv_gn_relu(in_channels: int, out_channels: int, groups: int) -> nn.Sequen
     )
 
 
+def _deform_conv(conv: DeformConv2d, x: Tensor, offsets: Tensor) -> Tensor:
+    """``conv(x, offsets)``, in float32 inside an autocast region: torchvision's deformable
+    convolution has no bfloat16 CPU kernel and no CPU autocast rule, so ``precision=bf16`` and
+    ``amp=bf16`` on a CPU failed in it (on CUDA torchvision's own rule casts to float32 too)."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return conv(x, offsets.to(x.dtype))
+    with torch.autocast(x.device.type, enabled=False):
+        return conv(x.float(), offsets.float())
+
+
 def level_anchors(
     sizes: Sequence[tuple[int, int]], strides: Sequence[int], anchor_scale: float, device: torch.device
 ) -> tuple[Tensor, Tensor]:
@@ -255,11 +265,11 @@ class VFNetHead(nn.Module):
             distances = self.scales[level](self.reg_init(self.reg_conv(reg_feat))).float().exp() * unit
             init.append(distances)
             if self.refine:
-                offsets = star_offsets(distances, stride, self.gradient_mul).to(reg_feat.dtype)
-                refine_feat = self.relu(self.reg_refine_dconv(reg_feat, offsets))
+                offsets = star_offsets(distances, stride, self.gradient_mul)
+                refine_feat = self.relu(_deform_conv(self.reg_refine_dconv, reg_feat, offsets))
                 factor = self.refine_scales[level](self.reg_refine(refine_feat)).float().exp()
                 refined.append(factor * distances.detach())
-                cls_feat = self.relu(self.cls_dconv(cls_feat, offsets))
+                cls_feat = self.relu(_deform_conv(self.cls_dconv, cls_feat, offsets))
             logits.append(self.cls_score(cls_feat))
         sizes = [tuple(t.shape[-2:]) for t in logits]
         points, anchors = level_anchors(sizes, self.strides, self.anchor_scale, logits[0].device)
