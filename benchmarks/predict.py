@@ -2,7 +2,7 @@
 object-detection pipeline, with the same DETR-R50 weights at the same input size.
 
 ``python -m benchmarks predict [--images 16] [--height 320] [--width 480] [--batches 1 8]
-[--repeats 3] [--threads 1 2]``
+[--precisions fp32 bf16] [--repeats 3] [--threads 1 2]``
 
 The peer is transformers' ``DetrForObjectDetection`` with every parameter and buffer random
 (offline: no hub), saved with ``save_pretrained``; ``sightkit.weights.import_weights`` turns
@@ -10,7 +10,9 @@ that folder into a sightkit weights file, so both run the same numbers. Both res
 shorter side to ``--height`` (longer side at most ``--width``), normalise with ImageNet's
 statistics and keep detections scoring 0.5 or more. The source is a folder of ``--images``
 PNG files; each side reads, decodes, preprocesses, runs and postprocesses them all, in
-batches of 1 and 8. Median of ``--repeats`` passes; figures in ``benchmarks/results/predict.json``.
+batches of 1 and 8. sightkit runs at each ``--precisions`` (``fp32``, and ``bf16``: autocast
+on the predictor's prepared bfloat16 copy, see ``bf16_predict``); the peer in float32, as its
+pipeline runs. Median of ``--repeats`` passes; figures in ``benchmarks/results/predict.json``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--height", type=int, default=320)
     parser.add_argument("--width", type=int, default=480)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3)
     add_threads_argument(parser)
     args = parser.parse_args(argv)
@@ -90,19 +93,25 @@ def main(argv: list[str] | None = None) -> None:
         with results.at(threads) as entry:
             for batch in args.batches:
                 with torch.inference_mode():
-                    ours_s = median_seconds(
-                        lambda b=batch: ours(images, batch=b, conf=0.5, progress=False), args.repeats
-                    )
                     peer_s = median_seconds(lambda b=batch: peer(images, batch_size=b, threshold=0.5), args.repeats)
-                ours_ips, peer_ips = args.images / ours_s, args.images / peer_s
-                entry[f"batch_{batch}"] = {
-                    "ours_images_per_s": round(ours_ips, 2),
-                    "peer_images_per_s": round(peer_ips, 2),
-                    "ratio": ratio(peer_s, ours_s),
-                }
-                print(f"batch {batch}: sightkit {ours_ips:.2f} images/s, transformers {peer_ips:.2f} images/s, "
-                      f"ratio {peer_s / ours_s:.2f}x", flush=True)  # fmt: skip
-                rows.append((f"batch {batch}", threads, 1000 * ours_s / args.images, 1000 * peer_s / args.images))
+                    ours_s = {
+                        precision: median_seconds(
+                            lambda b=batch, p=precision: ours(images, batch=b, conf=0.5, precision=p, progress=False),
+                            args.repeats,
+                        )
+                        for precision in args.precisions
+                    }
+                peer_ips = args.images / peer_s
+                record: dict[str, float] = {"peer_images_per_s": round(peer_ips, 2)}
+                for precision, seconds in ours_s.items():
+                    suffix = "" if precision == "fp32" else f"_{precision}"
+                    record[f"ours{suffix}_images_per_s"] = round(args.images / seconds, 2)
+                    record[f"ratio{suffix}"] = ratio(peer_s, seconds)
+                    print(f"batch {batch}: sightkit {precision} {args.images / seconds:.2f} images/s, transformers "
+                          f"{peer_ips:.2f} images/s, ratio {peer_s / seconds:.2f}x", flush=True)  # fmt: skip
+                    label = f"batch {batch}" if precision == "fp32" else f"batch {batch}, sightkit {precision}"
+                    rows.append((label, threads, 1000 * seconds / args.images, 1000 * peer_s / args.images))
+                entry[f"batch_{batch}"] = record
     print_ratio_summary("DETR-R50 predict, ms per image (sightkit.load vs transformers pipeline)", rows)
     results.write()
 
