@@ -93,7 +93,7 @@ def render(name: str, results: Path | None = None) -> str:
         lines.append("")
     if rows:
         columns = list(dict.fromkeys(key for row in rows for key in row))
-        lines.append("| " + " | ".join(columns) + " |")
+        lines.append("| " + " | ".join(_cell(c) for c in columns) + " |")  # a name may hold "|" (|dyaw|)
         lines.append("|" + "---|" * len(columns))
         lines.extend("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows)
     command = record.get("command", f"python -m benchmarks {name}")

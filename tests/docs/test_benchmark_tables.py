@@ -48,3 +48,11 @@ def test_marker_is_replaced_and_a_missing_file_says_so(tmp_path: Path, monkeypat
     monkeypatch.setattr(hook, "RESULTS", tmp_path)
     page = hook.on_page_markdown("before\n<!-- benchmark: nothing_here -->\nafter")
     assert page == "before\n*Not measured yet: run `python -m benchmarks nothing_here`.*\nafter"
+
+
+def test_a_pipe_in_a_column_name_does_not_split_the_table(tmp_path: Path) -> None:
+    # face_processing names its columns after |dyaw| bins: unescaped, the header had more cells than the rows
+    record = {"runs": [{"threads": 1, "rows": [{"|dyaw|<0.2": {"accuracy": 0.5}}]}]}
+    (tmp_path / "f.json").write_text(json.dumps(record))
+    lines = hook.render("f", tmp_path).splitlines()
+    assert lines[:3] == ["| threads | \\|dyaw\\|<0.2.accuracy |", "|---|---|", "| 1 | 0.5 |"]
