@@ -17,8 +17,7 @@ How the passes run. From ``_FUSED_MIN_PAIRS`` float32 pairs up, on the CPU or a 
 each pass is one kernel that ``torch.compile`` (inductor) generates from the same code: a
 loop over the pairs with every temporary in registers, OpenMP-parallel SIMD C++ over torch's
 intra-op threads on the CPU, Triton on CUDA. It is compiled on first use (seconds; inductor
-caches it on disk), and
-``SIGHTKIT_COMPILE=0`` turns it off. Otherwise, and for the process
+caches it on disk), and ``SIGHTKIT_COMPILE=0`` turns it off. Otherwise, and for the process
 after a failed compilation (no C++ compiler, no Triton), the eager kernels run, on the CPU
 over blocks of ``_CPU_BLOCK`` pairs so that a block's temporaries stay in the cache (one
 core), elsewhere in one go. ``benchmarks/iou_loss.py`` measures both against torchvision.
@@ -103,10 +102,9 @@ def _check_eps(eps: float) -> None:
         raise ValueError(f"eps must be a number >= 0, got {eps!r}")
 
 
-def _blocks(n: int, step: int) -> list[slice]:
-    """Slices of ``step`` pairs (the last one shorter) covering ``n`` pairs; one slice at ``n`` 0."""
-    step = max(step, 1)
-    return [slice(start, min(start + step, n)) for start in range(0, n, step)] or [slice(0, 0)]
+def _blocks(n: int, device: torch.device) -> list[slice]:
+    step = _CPU_BLOCK if device.type == "cpu" else max(n, 1)
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
 
 
 class _Axis(NamedTuple):
@@ -328,10 +326,10 @@ def _fused_wanted(boxes: Tensor) -> bool:
 
 
 def _fused(kernel: Callable[..., _Result], *args: object) -> _Result | None:
-    """``kernel(*args)`` as the kernel that ``torch.compile`` generates for it (one loop over the
-    pairs given, OpenMP-parallel C++ on the CPU, Triton on CUDA; compiled once per kind and
+    """``kernel(*args)`` as kernels that ``torch.compile`` generates for the whole input (one
+    loop per pass, OpenMP-parallel C++ on the CPU, Triton on CUDA; compiled once per kind and
     dtype, seconds, and cached on disk by inductor). None if compilation fails, with a
-    warning; the process then keeps to the blocked eager kernels."""
+    warning; the process then keeps to the blocked kernels."""
     try:
         if kernel not in _FUSED_KERNELS:
             _FUSED_KERNELS[kernel] = torch.compile(kernel, dynamic=True, options=_FUSED_OPTIONS)
@@ -350,7 +348,7 @@ def _losses(a: Tensor, b: Tensor, kind: str, eps: float) -> tuple[Tensor, Tensor
     """:func:`_loss_kernel` over all pairs, fused or block by block."""
     if _fused_wanted(a) and (result := _fused(_loss_kernel, a, b, kind, eps)) is not None:
         return result
-    blocks = _blocks(a.shape[0], _CPU_BLOCK if a.device.type == "cpu" else a.shape[0])
+    blocks = _blocks(a.shape[0], a.device)
     if len(blocks) == 1:
         return _loss_kernel(a, b, kind, eps)
     loss = a.new_empty(a.shape[0])
@@ -367,11 +365,12 @@ def _grads(
 ) -> tuple[Tensor | None, Tensor | None]:
     """:func:`_grad_kernel` over all pairs, fused or block by block."""
     args = (kind, eps)
-    # an expanded gradient (of a sum) has stride 0, which would compile a second kernel
-    fused_args = (a, b, grad.contiguous(), *args, aspect_slope, need_a, need_b)
-    if _fused_wanted(a) and (result := _fused(_grad_kernel, *fused_args)) is not None:
-        return result
-    blocks = _blocks(a.shape[0], _CPU_BLOCK if a.device.type == "cpu" else a.shape[0])
+    if _fused_wanted(a):
+        # an expanded gradient (of a sum) has stride 0, which would compile a second kernel
+        result = _fused(_grad_kernel, a, b, grad.contiguous(), *args, aspect_slope, need_a, need_b)
+        if result is not None:
+            return result
+    blocks = _blocks(a.shape[0], a.device)
     if len(blocks) == 1:
         return _grad_kernel(a, b, grad, *args, aspect_slope, need_a, need_b)
     grad_a = torch.empty_like(a) if need_a else None
