@@ -175,19 +175,21 @@ class ProjectedAttention(torch.nn.Module):
         return self.attn(y + 1, y + 1, y)[0]
 
 
-def test_prepare_for_inference_at_bf16_computes_attention_in_float32() -> None:
+def test_prepare_for_inference_at_bf16_casts_attention_weights_once() -> None:
     torch.manual_seed(0)
     model = ProjectedAttention().eval()
     prepared = prepare_for_inference(model, "bf16")
-    assert isinstance(prepared.attn, torch.nn.MultiheadAttention)
-    assert prepared.proj.weight.dtype == torch.bfloat16
-    assert prepared.attn.in_proj_weight.dtype == prepared.attn.out_proj.weight.dtype == torch.float32
+    # the packed input projection is a bare parameter, not a Linear layer: cast as well
+    assert prepared.proj.weight.dtype == prepared.attn.in_proj_weight.dtype == torch.bfloat16
+    assert prepared.attn.in_proj_bias.dtype == prepared.attn.out_proj.weight.dtype == torch.bfloat16
+    assert model.attn.in_proj_weight.dtype == torch.float32
     x = torch.randn(2, 5, 8)
     with torch.inference_mode():
         with autocast_context("bf16", "cpu"):
-            got = prepared(x)
-            y = model.proj(x)  # the linear layer in bfloat16, as before
-            shifted = y + 1
-        expected = model.attn(shifted.float(), shifted.float(), y.float())[0]  # attention in float32
-    assert y.dtype == shifted.dtype == torch.bfloat16 and got.dtype == torch.float32
-    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+            expected, got = model(x), prepared(x)
+        full = model(x)
+    # autocast rounds the same weights to bfloat16 on every call: the same numbers up to summation order
+    assert got.dtype == expected.dtype == torch.bfloat16
+    bf16_error = (expected.float() - full).abs().max()
+    assert bf16_error > 0
+    assert (got.float() - expected.float()).abs().max() <= 0.25 * bf16_error

@@ -76,14 +76,13 @@ def prepare_for_inference(model: nn.Module, precision: str) -> nn.Module:
     and the pooling and normalisation between them, stay channels-last as oneDNN's and cuDNN's
     bfloat16 kernels want them (on ``dino_r18_tiny`` the stem's max pooling alone took 5x longer
     on contiguous bfloat16 activations), and the weights of its convolutions and linear layers
-    (and their biases) cast to bfloat16, which autocast would otherwise do again on every call.
-    Norms and embeddings stay float32, as autocast leaves them. Before the cast, each BatchNorm that
-    directly follows a convolution is folded into it (:func:`_fold_batch_norms`). On the CPU,
-    :class:`torch.nn.MultiheadAttention` layers are computed in float32
-    (:class:`_Float32MultiheadAttention` says why), and group norms take contiguous inputs
-    (:class:`_ContiguousGroupNorm`). Apart from those, the copy computes what autocast computes
-    on ``model``, up to the summation order of the channels-last convolutions and the rounding
-    of the folded weights to bfloat16.
+    (and their biases), and those of :class:`torch.nn.MultiheadAttention` layers, cast to
+    bfloat16, which autocast would otherwise do again on every call. Norms and embeddings stay
+    float32, as autocast leaves them. Before the cast, each BatchNorm that directly follows a
+    convolution is folded into it (:func:`_fold_batch_norms`). On the CPU, group norms take
+    contiguous inputs (:class:`_ContiguousGroupNorm`). Apart from those, the copy computes what
+    autocast computes on ``model``, up to the summation order of the channels-last convolutions
+    and the rounding of the folded weights to bfloat16.
 
     Args:
         model: a network in eval mode.
@@ -113,20 +112,18 @@ def _bfloat16_copy(model: nn.Module) -> nn.Module:
     prepared = copy.deepcopy(model).eval()
     _fold_batch_norms(prepared)
     prepared = prepared.to(memory_format=torch.channels_last)
-    # The float32 attention and the contiguous group norms answer CPU kernels' weaknesses; a GPU
-    # keeps autocast's bfloat16 attention and its channels-last group norms.
+    # the contiguous group norms answer a CPU kernel's weakness; a GPU keeps channels-last ones
     on_cpu = all(parameter.device.type == "cpu" for parameter in prepared.parameters())
-    attention = [m for m in prepared.modules() if isinstance(m, nn.MultiheadAttention)] if on_cpu else []
-    in_attention = {id(layer) for module in attention for layer in module.modules()}
-    for module in attention:
-        module.__class__ = _Float32MultiheadAttention
     for module in prepared.modules():
-        if isinstance(module, _LAYERS) and id(module) not in in_attention:
+        if isinstance(module, _LAYERS):
             # autocast casts the bias too, on every call: ~100 small casts a DETR forward
             module.weight.data = module.weight.data.to(torch.bfloat16)
             if module.bias is not None:
                 module.bias.data = module.bias.data.to(torch.bfloat16)
-        if on_cpu and type(module) is nn.GroupNorm:
+        elif isinstance(module, nn.MultiheadAttention):
+            # its packed input projection is a bare parameter, not a Linear layer
+            module.to(torch.bfloat16)
+        elif on_cpu and type(module) is nn.GroupNorm:
             module.__class__ = _ContiguousGroupNorm
     return prepared
 
@@ -170,21 +167,3 @@ class _ContiguousGroupNorm(nn.GroupNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return super().forward(input.contiguous())
-
-
-class _Float32MultiheadAttention(nn.MultiheadAttention):
-    """:class:`torch.nn.MultiheadAttention` computed in float32 inside a bfloat16 autocast region.
-
-    On the CPU its bfloat16 path loses to float32 twice: the input projection of a
-    ``batch_first`` attention gets a transposed ``[L, B, E]`` input, and for a weight that
-    autocast cast (or any weight under ``inference_mode``) ``torch.matmul`` then copies the
-    weight once per token into a batched product instead of folding the tokens into one matrix
-    product; and the bfloat16 flash-attention kernel is slower than the float32 one at these
-    sizes. Float32 attention made ``detr_r18_tiny``'s bfloat16 predict step ~20% faster.
-    """
-
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        # ``query is key`` picks the attention's packed projections: keep those identities.
-        cast = {id(x): x.float() for x in (query, key, value)}
-        with torch.autocast(query.device.type, enabled=False):
-            return super().forward(cast[id(query)], cast[id(key)], cast[id(value)], *args, **kwargs)
