@@ -96,13 +96,13 @@ def test_face_detect_onnx_runs_any_size(detector_files: tuple[Path, Path]) -> No
 def test_face_onnx_equals_pytorch(embedder_files: tuple[Path, Path]) -> None:
     weights, onnx_file = embedder_files
     onnx, torch_predictor = sightkit.load(onnx_file), sightkit.load(weights)
-    assert isinstance(onnx, OnnxFacePredictor) and onnx.num_features == torch_predictor.model.num_features
+    assert isinstance(onnx, OnnxFacePredictor) and onnx.model.num_features == torch_predictor.model.num_features
     rng = np.random.default_rng(2)
     crops = [render_face_crop(FaceIdentity.sample(rng), rng, 40)[0] for _ in range(3)]
     for flip in (False, True):
         got = np.concatenate([r.embeddings for r in onnx(crops, flip=flip)])
         expected = np.concatenate([r.embeddings for r in torch_predictor(crops, flip=flip)])
-        assert got.shape == (3, onnx.num_features)
+        assert got.shape == (3, onnx.model.num_features)
         np.testing.assert_allclose(got, expected, atol=UNIT, rtol=0)
     # The flip test is not the mean of the two unit embeddings: the raw features are added.
     unflipped = np.concatenate([r.embeddings for r in onnx(crops, flip=False)])
@@ -124,7 +124,7 @@ def test_face_onnx_with_face_detector(
         np.testing.assert_allclose(g.embeddings, e.embeddings, atol=1e-4, rtol=0)
     # No face found: an empty [0, D] embedding, as PyTorch.
     (empty,) = onnx(scenes[:1], detector=str(detector_files[1]), conf=1.0)
-    assert empty.embeddings.shape == (0, onnx.num_features)
+    assert empty.embeddings.shape == (0, onnx.model.num_features)
 
 
 def test_face_onnx_without_features_output(

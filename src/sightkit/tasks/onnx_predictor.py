@@ -197,8 +197,8 @@ class OnnxFacePredictor(FacePredictor):
 
     def __init__(self, model: nn.Module, metadata: dict[str, str], device: Any = None) -> None:
         size = model.session.get_outputs()[0].shape[-1]
-        self.num_features = size if isinstance(size, int) else int(metadata["embedding"])
-        super().__init__(_RawFeatures(model, self.num_features), metadata, device)
+        num_features = size if isinstance(size, int) else int(metadata["embedding"])
+        super().__init__(_RawFeatures(model, num_features), metadata, device)
 
 
 @export("tasks.load_onnx")
