@@ -141,7 +141,7 @@ def test_fold_batch_norms_leaves_norms_it_cannot_fold() -> None:
     assert model[1] is batch_statistics and model[3] is after_relu
 
 
-def test_prepare_for_inference_at_bf16_runs_group_norm_on_contiguous_inputs() -> None:
+def test_prepare_for_inference_at_bf16_runs_group_norm_on_contiguous_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(4, 8)).eval()
     with torch.no_grad():
@@ -149,11 +149,19 @@ def test_prepare_for_inference_at_bf16_runs_group_norm_on_contiguous_inputs() ->
         model[1].bias.uniform_(-0.5, 0.5)
     prepared = prepare_for_inference(model, "bf16")
     images = torch.rand(2, 3, 10, 10)
+    group_norm, seen = torch.nn.functional.group_norm, []
+
+    def recording(input: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(input.is_contiguous())
+        return group_norm(input, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "group_norm", recording)
     with torch.inference_mode(), autocast_context("bf16", "cpu"):
         activations = prepared[0](images)
         expected = model[1](activations)  # the same norm on the channels-last activations
         got = prepared[1](activations)
     assert activations.is_contiguous(memory_format=torch.channels_last) and not activations.is_contiguous()
+    assert seen == [False, True]  # the kernel got the copy's input contiguous
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
