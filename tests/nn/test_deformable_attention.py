@@ -1,11 +1,13 @@
 """Multi-scale deformable attention: the core equals a straightforward bilinear-sampling loop
-in float64, passes gradcheck, and exports to ONNX; the module's sampling locations follow the
-paper (pixel offsets for points, box-scaled offsets for boxes) and equal transformers'."""
+in float64 on both of its paths (inference: a weighted gather; training: grid_sample), passes
+gradcheck, and exports to ONNX; the module's sampling locations follow the paper (pixel offsets
+for points, box-scaled offsets for boxes) and equal transformers'."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sightkit.nn import MultiScaleDeformableAttention, ms_deform_attn
 
@@ -51,11 +53,56 @@ def random_inputs(batch: int = 2, queries: int = 3, heads: int = 2, dim: int = 3
     return value, locations, weights
 
 
-def test_equals_the_bilinear_loop_in_float64() -> None:
+@pytest.mark.parametrize("training", [False, True], ids=["inference-gather", "training-grid_sample"])
+def test_equals_the_bilinear_loop_in_float64(training: bool) -> None:
     value, locations, weights = random_inputs()
     assert ((locations < 0) | (locations > 1)).any()
     expected = reference_ms_deform_attn(value, SHAPES, locations, weights)
-    torch.testing.assert_close(ms_deform_attn(value, SHAPES, locations, weights), expected, rtol=1e-12, atol=1e-12)
+    got = ms_deform_attn(value.requires_grad_(training), SHAPES, locations, weights)
+    torch.testing.assert_close(got.detach(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_inference_on_the_cpu_runs_no_grid_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("grid_sample called")
+
+    value, locations, weights = random_inputs()
+    monkeypatch.setattr(F, "grid_sample", refuse)
+    ms_deform_attn(value, SHAPES, locations, weights)
+    with torch.inference_mode():
+        ms_deform_attn(value.requires_grad_(), SHAPES, locations, weights)
+    with pytest.raises(AssertionError, match="grid_sample called"):  # a gradient is wanted: training's path
+        ms_deform_attn(value, SHAPES, locations, weights)
+
+
+def test_both_paths_agree_on_edges_and_far_outside() -> None:
+    """Locations on the outer pixel edges and centre lines, one pixel beyond, and far outside
+    (float32, several heads and images): the gather reads its zero border where grid_sample pads."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(6, 9), (3, 5), (1, 1)]
+    tokens = sum(h * w for h, w in shapes)
+    value = torch.randn(3, tokens, 4, 8, generator=generator)
+    candidates = torch.tensor([-1e9, -0.5, -0.1, 0.0, 1 / 18, 1 / 9, 0.5, 0.75, 1.0, 1.1, 1.5, 3.0, 1e9])
+    picks = torch.randint(len(candidates), (3, 40, 4, len(shapes), 2, 2), generator=generator)
+    locations = torch.where(
+        torch.rand(picks.shape, generator=generator) < 0.5, candidates[picks], torch.rand(picks.shape)
+    )
+    weights = torch.rand(3, 40, 4, len(shapes), 2, generator=generator)
+    with torch.no_grad():
+        gathered = ms_deform_attn(value, shapes, locations, weights)
+    sampled = ms_deform_attn(value.requires_grad_(), shapes, locations, weights).detach()
+    torch.testing.assert_close(gathered, sampled, atol=1e-5, rtol=1e-5)
+    assert gathered.abs().sum() > 0
+
+
+def test_non_finite_locations_are_read_as_the_border_at_inference() -> None:
+    """The gather needs a valid row for every corner: NaN reads the zero border, +-inf clamps to it
+    (grid_sample returns NaN for these; a model that yields them has NaN attention weights too)."""
+    value = torch.randn(1, 4, 1, 2)
+    locations = torch.tensor([float("nan"), 0.25, float("inf"), 0.25, -float("inf"), 0.75]).reshape(1, 3, 1, 1, 1, 2)
+    out = ms_deform_attn(value, [(2, 2)], locations, torch.ones(1, 3, 1, 1, 1))
+    # Each location's x reads the zero border, whatever its y.
+    torch.testing.assert_close(out, torch.zeros(1, 3, 2))
 
 
 def test_bfloat16_values_are_sampled_and_summed_in_float32() -> None:
