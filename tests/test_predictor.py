@@ -291,6 +291,27 @@ def test_every_task_predicts_at_bf16(name: str, tmp_path: Path) -> None:
         assert (np.asarray(half.masks) == np.asarray(full.masks)).mean() > 0.9
 
 
+@pytest.mark.parametrize("name", ["detr_r18_tiny", "dino_r18_tiny", "vfnet_r18_tiny"])
+def test_an_unpadded_batch_runs_without_a_mask(name: str, tmp_path: Path) -> None:
+    # Frames of one size that resize to multiples of 32 need no padding: the model is called with
+    # mask=None, which must compute what an all-False mask computes; a padded batch keeps its mask.
+    _, weights = tiny_weights(name, tmp_path / "w.safetensors", seed=1)
+    predictor = sightkit.load(weights, "cpu")
+    rng = np.random.default_rng(0)
+    square = [_frame(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(2)]
+    settings = predictor.settings(conf=0.0)
+    inputs = predictor.preprocess(square, settings)
+    assert inputs["mask"] is None and inputs["images"].shape[-2:] == (predictor.imgsz, predictor.imgsz)
+    with torch.no_grad():
+        unmasked = predictor.model(inputs["images"], None)
+        masked = predictor.model(inputs["images"], torch.zeros(2, *inputs["images"].shape[-2:], dtype=torch.bool))
+    for key in ("pred_logits", "pred_boxes", "cls_scores", "bbox_preds"):
+        if key in unmasked:
+            torch.testing.assert_close(unmasked[key], masked[key])
+    mixed = [*square, _frame(rng.integers(0, 256, (40, 64, 3), dtype=np.uint8))]
+    assert predictor.preprocess(mixed, settings)["mask"].any()
+
+
 def test_bf16_runs_a_copy_of_the_model_prepared_once(tmp_path: Path) -> None:
     _, weights = tiny_weights("unet_r18_tiny", tmp_path / "w.safetensors")
     predictor = sightkit.load(weights, "cpu")

@@ -135,14 +135,14 @@ def _weighted_gather_applies(value: Tensor, spatial_shapes: SpatialShapes, locat
 
     Its backward (``embedding_bag``'s) is about twice as slow as ``grid_sample``'s, ``torch.export``
     and ONNX keep ``grid_sample`` (an ONNX operator), and CUDA has a fast ``grid_sample`` kernel.
-    Row indices are exact in float32 up to 2**24 rows per image.
+    Row indices are computed in float32, exact up to 2**24 table rows per image.
     """
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (value, locations, weights))
     return (
         value.device.type == "cpu"
         and not needs_grad
         and not (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing())
-        and sum((h + 3) * (w + 3) for h, w in spatial_shapes) < 2**24
+        and sum((h + 3) * (w + 3) for h, w in spatial_shapes) * value.shape[2] < 2**24
     )
 
 
@@ -161,7 +161,7 @@ def _weighted_gather(value: Tensor, spatial_shapes: SpatialShapes, locations: Te
     on zeros, and a corner one past the far border (weight 0) is still a row of the table.
     """
     batch, _, heads, head_dim = value.shape
-    queries = locations.shape[1]
+    queries, levels, points = locations.shape[1], locations.shape[3], locations.shape[4]
     # [B, h*w, M, D] per level -> [B, (h+3)*(w+3), M, D], concatenated: rows (b, n, m) of the table
     table = torch.cat(
         [
@@ -172,18 +172,24 @@ def _weighted_gather(value: Tensor, spatial_shapes: SpatialShapes, locations: Te
     )
     padded_tokens = table.shape[1]
     dtype = locations.dtype
-    widths = torch.tensor([w for _, w in spatial_shapes], dtype=dtype)[:, None]  # [L, 1] against [..., L, P]
-    heights = torch.tensor([h for h, _ in spatial_shapes], dtype=dtype)[:, None]
-    row_lengths = widths + 3
+
+    def per_level(values: list[float]) -> Tensor:
+        # [M, L, P] against [B, Q, M, L, P]: broadcast over B and Q only, so that the element-wise
+        # ops below run over long contiguous stretches ([L, 1] constants made them 2.5x slower)
+        return torch.tensor(values, dtype=dtype)[None, :, None].expand(heads, levels, points).contiguous()
+
+    widths = per_level([w for _, w in spatial_shapes])
+    heights = per_level([h for h, _ in spatial_shapes])
+    row_lengths = per_level([w + 3 for _, w in spatial_shapes])
     sizes = [(h + 3) * (w + 3) for h, w in spatial_shapes]
-    starts = torch.tensor([0, *sizes[:-1]], dtype=dtype).cumsum(0)[:, None]
+    starts = torch.tensor([0, *sizes[:-1]], dtype=torch.float64).cumsum(0).tolist()
 
     def corner_and_fraction(coordinate: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
         # Normalised -> padded pixel coordinate, where a pixel's centre is at its padded index,
         # clamped to the border. NaN and +-inf read the border (grid_sample returns NaN for them):
         # every row index must be valid.
-        pixel = torch.nan_to_num(torch.add(coordinate, 0.5 / size).mul_(size), nan=0.0)
-        pixel = torch.clamp(pixel, min=torch.zeros((), dtype=dtype), max=size + 1)
+        pixel = torch.addcmul(torch.full((), 0.5, dtype=dtype), coordinate, size)
+        pixel = torch.clamp(torch.nan_to_num(pixel, nan=0.0), min=torch.zeros((), dtype=dtype), max=size + 1)
         corner = pixel.floor()
         return corner, pixel.sub_(corner)
 
@@ -194,13 +200,12 @@ def _weighted_gather(value: Tensor, spatial_shapes: SpatialShapes, locations: Te
     top_right, bottom_right = top * fx, bottom * fx
     # [B, Q, M, 4, L, P]: the bag of a query and head is its L * P * 4 corners
     bag_weights = torch.stack([top.sub_(top_right), top_right, bottom.sub_(bottom_right), bottom_right], dim=3)
-    # Row of the top-left corner: (b * N' + start_l + y0 * (w_l + 3) + x0) * M + m; int32 as the
+    # Row of the top-left corner: (b * N' + start_l + y0 * (w_l + 3) + x0) * M + m, exact in float
+    # up to the image's part (fewer than 2**24 rows, _weighted_gather_applies), then int32: the
     # table has fewer than 2**31 rows of D elements.
-    row = torch.addcmul(x0.add_(starts), y0, row_lengths).to(torch.int32)
-    image_offsets = torch.arange(batch, dtype=torch.int32) * (padded_tokens * heads)
-    row.mul_(heads).add_(
-        image_offsets[:, None, None, None, None] + torch.arange(heads, dtype=torch.int32)[:, None, None]
-    )
+    level_and_head = per_level(starts).mul_(heads).add_(torch.arange(heads, dtype=dtype)[:, None, None])
+    row = torch.addcmul(x0, y0, row_lengths).mul_(heads).add_(level_and_head).to(torch.int32)
+    row += (torch.arange(batch, dtype=torch.int32) * (padded_tokens * heads))[:, None, None, None, None]
     down = (row_lengths * heads).to(torch.int32)
     bag_rows = torch.stack([row, row + heads, row + down, row + down + heads], dim=3)
     output = F.embedding_bag(
