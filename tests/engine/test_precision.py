@@ -7,9 +7,11 @@ import torch
 import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 
+from sightkit.engine import precision
 from sightkit.engine.precision import (
     PRECISIONS,
     _fold_batch_norms,
+    _PackedConv2d,
     autocast_context,
     check_precision,
     prepare_for_inference,
@@ -201,3 +203,33 @@ def test_prepare_for_inference_at_bf16_casts_attention_weights_once() -> None:
     bf16_error = (expected.float() - full).abs().max()
     assert bf16_error > 0
     assert (got.float() - expected.float()).abs().max() <= 0.25 * bf16_error
+
+
+@pytest.mark.skipif(not precision._packed_convolutions_work(), reason="this PyTorch has no oneDNN packed convolution")
+def test_prepare_for_inference_at_bf16_packs_convolution_weights_once_per_input_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    prepared = prepare_for_inference(model, "bf16")
+    packed = [m for m in prepared.modules() if isinstance(m, _PackedConv2d)]
+    assert len(packed) == 20  # the stem, 16 in the blocks, 3 downsampling shortcuts
+    monkeypatch.setattr(precision, "_packed_convolutions_work", lambda: False)
+    plain = prepare_for_inference(model, "bf16")
+    assert not any(isinstance(m, _PackedConv2d) for m in plain.modules())
+    images = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode(), autocast_context("bf16", "cpu"):
+        got, expected = prepared(images), plain(images)
+        first = [m._packed for m in packed]
+        assert packed[0]._packed[0] == (2, 3, 64, 96)
+        prepared(images)  # the same shape: the same packed weights
+        assert all(m._packed[1] is kept[1] for m, kept in zip(packed, first, strict=True))
+        smaller = torch.rand(1, 3, 32, 32)
+        torch.testing.assert_close(prepared(smaller), plain(smaller), rtol=0.02, atol=0.02)
+        assert all(m._packed[1] is not kept[1] for m, kept in zip(packed, first, strict=True))
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, rtol=0.02, atol=0.02)
+    # oneDNN's packed tensors have no storage: copies and saves leave them out and pack again
+    again = copy.deepcopy(prepared)
+    with torch.inference_mode(), autocast_context("bf16", "cpu"):
+        torch.testing.assert_close(again(images), got, rtol=0, atol=0)
