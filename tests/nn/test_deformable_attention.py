@@ -95,6 +95,23 @@ def test_both_paths_agree_on_edges_and_far_outside() -> None:
     assert gathered.abs().sum() > 0
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["inference-gather", "training-grid_sample"])
+@pytest.mark.parametrize(("batch", "queries"), [(2, 0), (0, 3)])
+def test_no_queries_or_no_images_give_an_empty_result(training: bool, batch: int, queries: int) -> None:
+    value, locations, weights = random_inputs(batch=batch, queries=queries)
+    out = ms_deform_attn(value.requires_grad_(training), SHAPES, locations, weights)
+    assert out.shape == (batch, queries, value.shape[2] * value.shape[3])
+
+
+def test_a_non_contiguous_value_is_read_as_its_values() -> None:
+    value, locations, weights = random_inputs()
+    strided = value.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(
+        ms_deform_attn(strided, SHAPES, locations, weights), ms_deform_attn(value, SHAPES, locations, weights)
+    )
+
+
 def test_non_finite_locations_are_read_as_the_border_at_inference() -> None:
     """The gather needs a valid row for every corner: NaN reads the zero border, +-inf clamps to it
     (grid_sample returns NaN for these; a model that yields them has NaN attention weights too)."""

@@ -165,7 +165,7 @@ def _weighted_gather(value: Tensor, spatial_shapes: SpatialShapes, locations: Te
     # [B, h*w, M, D] per level -> [B, (h+3)*(w+3), M, D], concatenated: rows (b, n, m) of the table
     table = torch.cat(
         [
-            F.pad(v.view(batch, h, w, heads, head_dim), (0, 0, 0, 0, 1, 2, 1, 2)).flatten(1, 2)
+            F.pad(v.reshape(batch, h, w, heads, head_dim), (0, 0, 0, 0, 1, 2, 1, 2)).flatten(1, 2)
             for v, (h, w) in zip(value.split([h * w for h, w in spatial_shapes], dim=1), spatial_shapes, strict=True)
         ],
         dim=1,
@@ -209,9 +209,9 @@ def _weighted_gather(value: Tensor, spatial_shapes: SpatialShapes, locations: Te
     down = (row_lengths * heads).to(torch.int32)
     bag_rows = torch.stack([row, row + heads, row + down, row + down + heads], dim=3)
     output = F.embedding_bag(
-        bag_rows.view(batch * queries * heads, -1),
+        bag_rows.view(batch * queries * heads, 4 * levels * points),
         table.view(-1, head_dim),
-        per_sample_weights=bag_weights.view(batch * queries * heads, -1),
+        per_sample_weights=bag_weights.view(batch * queries * heads, 4 * levels * points),
         mode="sum",
     )
     return output.view(batch, queries, heads * head_dim)
