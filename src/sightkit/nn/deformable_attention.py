@@ -96,7 +96,7 @@ def ms_deform_attn(
         )
     # Bilinear sampling in float32 at least: under CPU autocast grid_sample casts its bfloat16 or
     # float16 inputs to float32 anyway, once per level; casting the value once is cheaper, and
-    # the weighted sum below then also runs in float32 (float64 stays float64 for gradcheck).
+    # the weighted sums then also run in float32 (float64 stays float64 for gradcheck).
     given_dtype, dtype = value.dtype, torch.promote_types(value.dtype, torch.float32)
     value, sampling_locations, attention_weights = (x.to(dtype) for x in (value, sampling_locations, attention_weights))
     if _weighted_gather_applies(value, spatial_shapes, sampling_locations, attention_weights):
