@@ -233,3 +233,50 @@ def test_prepare_for_inference_at_bf16_packs_convolution_weights_once_per_input_
     again = copy.deepcopy(prepared)
     with torch.inference_mode(), autocast_context("bf16", "cpu"):
         torch.testing.assert_close(again(images), got, rtol=0, atol=0)
+
+
+class _WithHeads(torch.nn.Module):
+    float32_heads = ("box", "classes")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(8, 8)
+        self.box = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+        self.classes = torch.nn.ModuleList(torch.nn.Linear(8, 3) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.body(x)
+        return (self.box(features), *(head(features) for head in self.classes))
+
+
+def test_prepare_for_inference_at_bf16_keeps_the_named_heads_in_float32() -> None:
+    torch.manual_seed(0)
+    model = _WithHeads().eval()
+    prepared = prepare_for_inference(model, "bf16")
+    assert prepared.body.weight.dtype == torch.bfloat16
+    # the heads: the model's float32 weights, unrounded, and float32 results under autocast
+    torch.testing.assert_close(prepared.box.head[2].weight, model.box[2].weight, rtol=0, atol=0)
+    torch.testing.assert_close(prepared.classes[1].head.weight, model.classes[1].weight, rtol=0, atol=0)
+    x = torch.randn(5, 8)
+    with torch.inference_mode(), autocast_context("bf16", "cpu"):
+        boxes, *scores = prepared(x)
+        features = prepared.body(x)
+    assert boxes.dtype == scores[0].dtype == torch.float32 and features.dtype == torch.bfloat16
+    # exactly the float32 heads on the bfloat16 features
+    with torch.inference_mode():
+        torch.testing.assert_close(boxes, model.box(features.float()), rtol=0, atol=0)
+        torch.testing.assert_close(scores[1], model.classes[1](features.float()), rtol=0, atol=0)
+
+
+def test_detr_boxes_at_bf16_come_from_a_float32_head() -> None:
+    from sightkit.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("detr_r18_tiny", num_classes=3).eval()
+    prepared = prepare_for_inference(model, "bf16")
+    images = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode(), autocast_context("bf16", "cpu"):
+        boxes = prepared(images)["pred_boxes"]
+    # a bfloat16 head gave bfloat16 boxes; the float32 one's are almost never on bfloat16's grid
+    assert boxes.dtype == torch.float32
+    assert (boxes == boxes.bfloat16().float()).float().mean() < 0.1

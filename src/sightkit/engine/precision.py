@@ -80,7 +80,9 @@ def prepare_for_inference(model: nn.Module, precision: str) -> nn.Module:
     (and their biases), and those of :class:`torch.nn.MultiheadAttention` layers, cast to
     bfloat16, which autocast would otherwise do again on every call. Norms and embeddings stay
     float32, as autocast leaves them. Before the cast, each BatchNorm that directly follows a
-    convolution is folded into it (:func:`_fold_batch_norms`). On the CPU, group norms take
+    convolution is folded into it (:func:`_fold_batch_norms`). The output heads a model names
+    in ``float32_heads`` (DETR's and DINO's class and box heads) stay float32 and run outside
+    autocast (:class:`_Float32Head`). On the CPU, group norms take
     contiguous inputs (:class:`_ContiguousGroupNorm`), and 2-d convolutions keep their weights
     in oneDNN's blocked layout for the last input shape (:class:`_PackedConv2d`). Apart from
     those, the copy computes what autocast computes on ``model``, up to the summation order of
@@ -113,10 +115,13 @@ def _bfloat16_copy(model: nn.Module) -> nn.Module:
     """:func:`prepare_for_inference`'s copy of ``model`` for ``"bf16"``."""
     prepared = copy.deepcopy(model).eval()
     _fold_batch_norms(prepared)
+    kept = _keep_heads_in_float32(prepared)
     prepared = prepared.to(memory_format=torch.channels_last)
     # the contiguous group norms answer a CPU kernel's weakness; a GPU keeps channels-last ones
     on_cpu = all(parameter.device.type == "cpu" for parameter in prepared.parameters())
     for module in prepared.modules():
+        if id(module) in kept:
+            continue
         if isinstance(module, _LAYERS):
             # autocast casts the bias too, on every call: ~100 small casts a DETR forward
             module.weight.data = module.weight.data.to(torch.bfloat16)
@@ -164,6 +169,38 @@ def _fold_batch_norms(model: nn.Module) -> None:
                 conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
             )
             setattr(module, norm_name, nn.Identity())
+
+
+def _keep_heads_in_float32(model: nn.Module) -> set[int]:
+    """Wrap, in place, the submodules ``model.float32_heads`` names (a ``ModuleList`` head by
+    head) in :class:`_Float32Head`; return the ids of every module inside them, which the
+    bfloat16 copy leaves as they are."""
+    kept: set[int] = set()
+    for name in getattr(model, "float32_heads", ()):
+        parent_name, _, child = name.rpartition(".")
+        parent, head = model.get_submodule(parent_name), model.get_submodule(name)
+        if isinstance(head, nn.ModuleList):
+            for index, member in enumerate(head):
+                head[index] = _Float32Head(member)
+        else:
+            setattr(parent, child, _Float32Head(head))
+        kept.update(id(module) for module in model.get_submodule(name).modules())
+    return kept
+
+
+class _Float32Head(nn.Module):
+    """An output head of the bfloat16 copy run in float32, autocast off: the boxes and class
+    scores are the results, and a bfloat16 layer there rounds them to 8 bits of mantissa (a box
+    coordinate in logit space to 1/64 near 2, about 1.5 px on an 800 px image, per refinement).
+    The heads are a sliver of the compute; the rest of the network stays bfloat16."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(input.device.type, enabled=False):
+            return self.head(input.float())
 
 
 class _ContiguousGroupNorm(nn.GroupNorm):

@@ -68,6 +68,8 @@ class DETR(nn.Module):
     reads_targets = False
     #: The last logit is "no object"; its cross-entropy weight is the criterion's ``eos_coef``.
     no_object_class = True
+    #: Output heads the bfloat16 inference copy keeps in float32 (``engine.precision``).
+    float32_heads = ("class_embed", "bbox_embed")
     #: Detections from the outputs: softmax over classes, "no object" left out.
     postprocess = staticmethod(detr_postprocess)
 

@@ -226,6 +226,8 @@ class DINO(nn.Module):
     reads_targets = True
     #: Sigmoid classes: no "no object" logit.
     no_object_class = False
+    #: Output heads the bfloat16 inference copy keeps in float32 (``engine.precision``).
+    float32_heads = ("enc_class_head", "enc_box_head", "class_heads", "box_heads")
 
     def forward(
         self, images: Tensor, mask: Tensor | None = None, targets: list[dict[str, Tensor]] | None = None
