@@ -19,3 +19,17 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def alternate(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall seconds of each function, run in turn ``repeats`` times after a warm-up, so
+    that a change in the machine's load hits all of them alike."""
+    for function in functions.values():
+        function()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

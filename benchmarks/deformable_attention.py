@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary, ratio
+from benchmarks._timing import alternate
 from sightkit.nn import ms_deform_attn
 
 CASES = {
@@ -52,19 +50,6 @@ def inputs(batch: int, shapes: list[tuple[int, int]], heads: int, queries: int |
     locations = torch.rand(batch, queries, heads, len(shapes), POINTS, 2, generator=generator) * 1.25 - 0.125
     weights = torch.randn(batch, queries, heads, len(shapes) * POINTS, generator=generator).softmax(-1)
     return value, locations, weights.view(batch, queries, heads, len(shapes), POINTS)
-
-
-def alternate(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall seconds of each function, run in turn ``repeats`` times after a warm-up."""
-    for function in functions.values():
-        function()
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv: list[str]) -> None:

@@ -17,30 +17,15 @@ over ``--repeats`` calls after a warm-up, at each ``--threads`` count. The peer 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from unittest import mock
 
 import torch
 
 from benchmarks._conditions import Results, add_threads_argument, print_ratio_summary, ratio
+from benchmarks._timing import alternate
 from sightkit.engine.precision import autocast_context, prepare_for_inference
 from sightkit.models import create_model
 from sightkit.nn import deformable_attention
-
-
-def alternate(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall seconds of each function, run in turn ``repeats`` times after a warm-up."""
-    for function in functions.values():
-        function()
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv: list[str]) -> None:
