@@ -280,3 +280,27 @@ def test_detr_boxes_at_bf16_come_from_a_float32_head() -> None:
     # a bfloat16 head gave bfloat16 boxes; the float32 one's are almost never on bfloat16's grid
     assert boxes.dtype == torch.float32
     assert (boxes == boxes.bfloat16().float()).float().mean() < 0.1
+
+
+class _WithConvolutionHead(torch.nn.Module):
+    float32_heads = ("head",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_a_float32_head_s_convolutions_are_neither_cast_nor_packed() -> None:
+    torch.manual_seed(0)
+    model = _WithConvolutionHead().eval()
+    prepared = prepare_for_inference(model, "bf16")
+    assert type(prepared.head.head) is torch.nn.Conv2d and prepared.head.head.weight.dtype == torch.float32
+    x = torch.randn(2, 3, 9, 11)
+    with torch.inference_mode(), autocast_context("bf16", "cpu"):
+        got, features = prepared(x), prepared.body(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(got, model.head(features.float()), rtol=0, atol=0)

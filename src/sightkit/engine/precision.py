@@ -117,8 +117,9 @@ def _bfloat16_copy(model: nn.Module) -> nn.Module:
     _fold_batch_norms(prepared)
     kept = _keep_heads_in_float32(prepared)
     prepared = prepared.to(memory_format=torch.channels_last)
-    # the contiguous group norms answer a CPU kernel's weakness; a GPU keeps channels-last ones
+    # the contiguous group norms and packed convolutions answer CPU kernels' weaknesses
     on_cpu = all(parameter.device.type == "cpu" for parameter in prepared.parameters())
+    pack = on_cpu and _packed_convolutions_work()
     for module in prepared.modules():
         if id(module) in kept:
             continue
@@ -127,15 +128,18 @@ def _bfloat16_copy(model: nn.Module) -> nn.Module:
             module.weight.data = module.weight.data.to(torch.bfloat16)
             if module.bias is not None:
                 module.bias.data = module.bias.data.to(torch.bfloat16)
+            if (
+                pack
+                and type(module) is nn.Conv2d
+                and module.padding_mode == "zeros"
+                and isinstance(module.padding, tuple)
+            ):
+                module.__class__ = _PackedConv2d
         elif isinstance(module, nn.MultiheadAttention):
             # its packed input projection is a bare parameter, not a Linear layer
             module.to(torch.bfloat16)
         elif on_cpu and type(module) is nn.GroupNorm:
             module.__class__ = _ContiguousGroupNorm
-    if on_cpu and _packed_convolutions_work():
-        for module in prepared.modules():
-            if type(module) is nn.Conv2d and module.padding_mode == "zeros" and isinstance(module.padding, tuple):
-                module.__class__ = _PackedConv2d
     return prepared
 
 
