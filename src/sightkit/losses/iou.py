@@ -103,6 +103,7 @@ def _check_eps(eps: float) -> None:
 
 
 def _blocks(n: int, device: torch.device) -> list[slice]:
+    """The eager kernels' slices of ``n`` pairs: ``_CPU_BLOCK`` at a time on the CPU, all at once elsewhere."""
     step = _CPU_BLOCK if device.type == "cpu" else max(n, 1)
     return [slice(start, min(start + step, n)) for start in range(0, n, step)]
 

@@ -18,6 +18,7 @@ and it does not export to ONNX. Here nothing is compiled, it runs on any device,
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -181,8 +182,7 @@ def _weighted_gather(value: Tensor, spatial_shapes: SpatialShapes, locations: Te
     widths = per_level([w for _, w in spatial_shapes])
     heights = per_level([h for h, _ in spatial_shapes])
     row_lengths = per_level([w + 3 for _, w in spatial_shapes])
-    sizes = [(h + 3) * (w + 3) for h, w in spatial_shapes]
-    starts = torch.tensor([0, *sizes[:-1]], dtype=torch.float64).cumsum(0).tolist()
+    starts = list(itertools.accumulate(((h + 3) * (w + 3) for h, w in spatial_shapes[:-1]), initial=0))
 
     def corner_and_fraction(coordinate: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
         # Normalised -> padded pixel coordinate, where a pixel's centre is at its padded index,
