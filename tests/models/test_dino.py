@@ -93,6 +93,28 @@ def test_initial_boxes_are_the_selected_proposals() -> None:
     assert set(torch.round(sides * 100).long().tolist()) <= {5, 10, 20}
 
 
+def test_proposals_box_only_the_selected_tokens_as_boxing_all_would() -> None:
+    """The encoder's box head runs on the selected tokens only: the proposals equal the box head
+    applied to every token, plus its anchor, then selected by the best class logit (a padded
+    batch, trained-looking heads rather than the zero initial box head)."""
+    model = tiny(num_queries=8).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in [*model.enc_box_head.parameters(), *model.enc_class_head.parameters()]:
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+        images, mask = torch.randn(2, 3, 64, 96, generator=generator), torch.zeros(2, 64, 96, dtype=torch.bool)
+        mask[1, :, 64:] = True
+        outputs = model(images, mask)
+        memory, padding, shapes, valid_ratios = model._encode(images, mask)
+        features, anchors = model._propose(memory, padding, shapes, valid_ratios)
+        scores = model.enc_class_head(features).max(-1).values.masked_fill(padding, float("-inf"))
+        top = scores.topk(8, dim=1).indices
+        every_box = model.enc_box_head(features) + anchors
+        expected = torch.stack([every_box[b, top[b]] for b in range(2)]).sigmoid()
+    torch.testing.assert_close(outputs["enc_outputs"]["pred_boxes"], expected, atol=1e-6, rtol=1e-5)
+    assert (expected[..., 2:] - expected[..., 2:].mean()).abs().max() > 0.01  # the head moved the anchors
+
+
 def test_no_padding_mask_equals_an_all_false_mask() -> None:
     model = tiny().eval()
     images = torch.randn(2, 3, 64, 64)

@@ -255,7 +255,8 @@ class DINO(nn.Module):
         """
         _check_inputs(images, mask)
         memory, padding, shapes, valid_ratios = self._encode(images, mask)
-        proposals_logits, proposals_boxes = self._propose(memory, padding, shapes, valid_ratios)
+        features, anchors_unact = self._propose(memory, padding, shapes, valid_ratios)
+        proposals_logits = self.enc_class_head(features)
         batch = images.shape[0]
         scores = proposals_logits.max(-1).values
         if padding is not None and self.invalid_anchor == "zero":
@@ -267,7 +268,10 @@ class DINO(nn.Module):
             )
         top = scores.topk(self.num_queries, dim=1).indices
         enc_logits = proposals_logits.gather(1, top[..., None].expand(-1, -1, self.num_classes))
-        enc_boxes_unact = proposals_boxes.gather(1, top[..., None].expand(-1, -1, 4))
+        # The box head reads only the selected tokens: a per-token MLP, so this equals boxing all
+        # N tokens and then selecting, at Q / N of the cost (30 of 336 tokens on dino_r18_tiny).
+        selected = features.gather(1, top[..., None].expand(-1, -1, features.shape[-1]))
+        enc_boxes_unact = self.enc_box_head(selected) + anchors_unact.gather(1, top[..., None].expand(-1, -1, 4))
         content = self.query_content.weight[None].expand(batch, -1, -1)
         # The proposals are starting points: the decoder's losses do not flow back into them.
         references = enc_boxes_unact.detach().sigmoid()
@@ -346,8 +350,9 @@ class DINO(nn.Module):
     def _propose(
         self, memory: Tensor, padding: Tensor | None, shapes: SpatialShapes, valid_ratios: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Every token's class logits ``[B, N, C]`` and box ``[B, N, 4]`` (in logit space): an
-        anchor at the token's centre, of side ``0.05 * 2^level``, corrected by the box head."""
+        """Every token's proposal features ``[B, N, D]`` (the input of the class and box heads)
+        and anchor ``[B, N, 4]`` in logit space: a box at the token's centre, of side
+        ``0.05 * 2^level``, which the box head corrects."""
         anchors = []
         for level, (h, w) in enumerate(shapes):
             centres = _grid_centres(h, w, valid_ratios[:, level], memory)
@@ -360,8 +365,7 @@ class DINO(nn.Module):
         fill = float("inf") if self.invalid_anchor == "inf" else 0.0
         anchors_unact = torch.where(valid, inverse_sigmoid(anchors), torch.full_like(anchors, fill))
         # a product rather than masked_fill, 5-7x slower with the mask broadcast over the channels
-        features = self.enc_output(memory * valid.to(memory.dtype))
-        return self.enc_class_head(features), self.enc_box_head(features) + anchors_unact
+        return self.enc_output(memory * valid.to(memory.dtype)), anchors_unact
 
     def _decode(
         self,
