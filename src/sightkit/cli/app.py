@@ -15,7 +15,6 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from sightkit._allocator import tune_cpu_allocator
 from sightkit.cli import tasks
 
 #: Modes imported on first use: name -> (module, how it attaches to a Typer, one-line help).
@@ -97,6 +96,4 @@ def register_demo(holder: typer.Typer) -> None:
 
 
 def main() -> None:
-    # Freed tensors' memory stays in the process for the next batch (engine.allocator).
-    tune_cpu_allocator()
     app()

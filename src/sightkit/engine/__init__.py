@@ -1,7 +1,6 @@
 """The training engine: trainer loop, torchrun/DDP, optimisers and schedules, Robbins-Monro
 averaging (meters, EMA, SWA), atomic checkpoints with exact resume, metrics and plots."""
 
-from sightkit import _allocator  # noqa: F401  (tune_cpu_allocator: kept out of this package, which the CLI must not import)
 from sightkit._api import build_namespace
 from sightkit.engine import (  # noqa: F401  (imported for their @export declarations)
     averaging,
