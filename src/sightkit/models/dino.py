@@ -12,8 +12,8 @@ training:
 - query selection: every encoder token proposes a box (an anchor at its position, refined by a
   head) and a class score; the ``Q`` best proposals become the decoder's reference boxes
   ("two-stage" Deformable DETR). Only those ``Q`` tokens go through the box head: the scores
-  choose them, and the head works token by token. As in DINO's "mixed" selection the reference boxes come from
-  the encoder and the query content is learned;
+  choose them, and the head works token by token. As in DINO's "mixed" selection the
+  reference boxes come from the encoder and the query content is learned;
 - iterative box refinement: each decoder layer predicts a correction of the previous layer's
   box in logit space, and DINO's "look forward twice": layer ``i``'s box loss also trains
   layer ``i - 1`` (the reference enters the next layer detached, its prediction does not);
