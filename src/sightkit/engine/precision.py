@@ -181,13 +181,13 @@ def _keep_heads_in_float32(model: nn.Module) -> set[int]:
     bfloat16 copy leaves as they are."""
     kept: set[int] = set()
     for name in getattr(model, "float32_heads", ()):
-        parent_name, _, child = name.rpartition(".")
-        parent, head = model.get_submodule(parent_name), model.get_submodule(name)
+        head = model.get_submodule(name)
         if isinstance(head, nn.ModuleList):
             for index, member in enumerate(head):
                 head[index] = _Float32Head(member)
         else:
-            setattr(parent, child, _Float32Head(head))
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, _Float32Head(head))
         kept.update(id(module) for module in model.get_submodule(name).modules())
     return kept
 
@@ -240,26 +240,12 @@ class _PackedConv2d(nn.Conv2d):
         shape = tuple(input.shape)
         if self._packed is None or self._packed[0] != shape:
             weight = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight.detach(),
-                list(self.padding),
-                list(self.stride),
-                list(self.dilation),
-                self.groups,
-                list(shape),
+                self.weight.detach(), self.padding, self.stride, self.dilation, self.groups, shape
             )
             self._packed = (shape, weight)
         bias = None if self.bias is None else self.bias.detach()
         return torch.ops.mkldnn._convolution_pointwise(
-            input,
-            self._packed[1],
-            bias,
-            list(self.padding),
-            list(self.stride),
-            list(self.dilation),
-            self.groups,
-            "none",
-            [],
-            "",
+            input, self._packed[1], bias, self.padding, self.stride, self.dilation, self.groups, "none", [], ""
         )
 
 
