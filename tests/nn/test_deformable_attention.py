@@ -100,7 +100,10 @@ def test_both_paths_agree_on_edges_and_far_outside() -> None:
 def test_no_queries_or_no_images_give_an_empty_result(training: bool, batch: int, queries: int) -> None:
     value, locations, weights = random_inputs(batch=batch, queries=queries)
     out = ms_deform_attn(value.requires_grad_(training), SHAPES, locations, weights)
-    assert out.shape == (batch, queries, value.shape[2] * value.shape[3])
+    assert out.shape == (batch, queries, value.shape[2] * value.shape[3]) and out.dtype == value.dtype
+    if training:  # nothing is read, so every value gets a zero gradient
+        out.sum().backward()
+        torch.testing.assert_close(value.grad, torch.zeros_like(value), rtol=0, atol=0)
 
 
 def test_a_non_contiguous_value_is_read_as_its_values() -> None:
