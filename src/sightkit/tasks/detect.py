@@ -53,7 +53,7 @@ from sightkit.predictor import Predictor, frame_results, image_tensor, pad_image
 from sightkit.results import Results
 from sightkit.tasks import runner
 from sightkit.tasks.common import TaskConfig, build_model, dataset_files
-from sightkit.tasks.export import ExportSpec
+from sightkit.tasks.export import ExportSpec, example_input
 from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
 TASK = "detect"
@@ -359,7 +359,7 @@ class DetectTask(Task):
         return ExportSpec(
             module=module,
             name=predictor.name,
-            inputs={"images": torch.randn(2, 3, side, side)},  # 2: a batch of 1 would be specialised
+            inputs={"images": example_input(2, 3, side, side)},  # 2: a batch of 1 would be specialised
             output_names=["boxes", "scores", "labels"],
             dynamic_shapes={"images": {0: dynamic, 2: dynamic, 3: dynamic}},
             min_opset=19 if any(isinstance(m, DeformConv2d) for m in predictor.model.modules()) else 18,

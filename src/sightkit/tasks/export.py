@@ -197,6 +197,14 @@ def _report(console: Console, spec: ExportSpec, out: Path, log: Path, start: flo
     console.print(line, soft_wrap=True)
 
 
+def example_input(*shape: int) -> Tensor:
+    """A standard-normal example input of ``shape`` for an :class:`ExportSpec`, the same on every
+    call (seed 0): the exporters trace it and the parity check compares outputs on it, so the
+    reported difference is reproducible (on random draws, a near-tie in a detector's top-k
+    ranked its outputs differently in onnxruntime now and then, a 32-pixel "difference")."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
 @export("tasks.export_onnx")
 def export_onnx(config: ExportConfig, console: Console | None = None) -> Path:
     """Export the model of ``config.weights`` to one ONNX file with its metadata in

@@ -56,7 +56,7 @@ from sightkit.predictor import Predictor, frame_results, image_tensor
 from sightkit.results import Results
 from sightkit.tasks import runner
 from sightkit.tasks.common import TaskConfig, build_model
-from sightkit.tasks.export import ExportSpec
+from sightkit.tasks.export import ExportSpec, example_input
 from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
 TASK = "face"
@@ -408,7 +408,7 @@ class FaceTask(Task):
         return ExportSpec(
             module=NormalisedEmbedder(predictor.model),
             name=predictor.name,
-            inputs={"crops": torch.randn(2, 3, side, side)},
+            inputs={"crops": example_input(2, 3, side, side)},
             output_names=["embedding", "features"],
             dynamic_shapes={"crops": {0: torch.export.Dim("batch", max=1024)}},
         )

@@ -42,7 +42,7 @@ from sightkit.predictor import Predictor, frame_results, image_tensor, pad_image
 from sightkit.results import Results
 from sightkit.tasks import runner
 from sightkit.tasks.common import TaskConfig, build_model, dataset_files
-from sightkit.tasks.export import ExportSpec
+from sightkit.tasks.export import ExportSpec, example_input
 from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
 TASK = "face_detect"
@@ -284,7 +284,7 @@ class FaceDetectTask(Task):
         return ExportSpec(
             module=OnnxFaceDetector(predictor.model),
             name=predictor.name,
-            inputs={"images": torch.randn(2, 3, side, side)},  # 2: a batch of 1 would be specialised
+            inputs={"images": example_input(2, 3, side, side)},  # 2: a batch of 1 would be specialised
             output_names=["logits", "boxes", "landmarks"],
             dynamic_shapes={"images": {0: batch, 2: 32 * height, 3: 32 * width}},
         )

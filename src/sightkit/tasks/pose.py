@@ -61,7 +61,7 @@ from sightkit.predictor import Predictor, frame_results
 from sightkit.results import Results
 from sightkit.tasks import runner
 from sightkit.tasks.common import TaskConfig, build_model, dataset_files
-from sightkit.tasks.export import ExportSpec
+from sightkit.tasks.export import ExportSpec, example_input
 from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
 TASK = "pose"
@@ -604,7 +604,7 @@ class PoseTask(Task):
         return ExportSpec(
             module=OnnxPose(predictor.model, names),
             name=predictor.name,
-            inputs={"images": torch.randn(2, 3, height, width)},
+            inputs={"images": example_input(2, 3, height, width)},
             output_names=names,
             dynamic_shapes={"images": {0: torch.export.Dim("batch", max=256)}},
         )

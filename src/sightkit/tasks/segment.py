@@ -50,7 +50,7 @@ from sightkit.predictor import Predictor, frame_results, image_tensor, pad_image
 from sightkit.results import Results
 from sightkit.tasks import runner
 from sightkit.tasks.common import TaskConfig
-from sightkit.tasks.export import ExportSpec
+from sightkit.tasks.export import ExportSpec, example_input
 from sightkit.tasks.registry import EvalPlan, Task, TrainingParts, register_task
 
 TASK = "segment"
@@ -348,7 +348,7 @@ class SegmentTask(Task):
         return ExportSpec(
             module=predictor.model,
             name=predictor.name,
-            inputs={"images": torch.randn(2, 3, side, side)},  # 2: a batch of 1 would be specialised
+            inputs={"images": example_input(2, 3, side, side)},  # 2: a batch of 1 would be specialised
             output_names=["logits"],
             dynamic_shapes={"images": {0: batch, 2: STRIDE * height, 3: STRIDE * width}},
         )
